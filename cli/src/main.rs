@@ -1,0 +1,95 @@
+//! `mimhost`: run JavaScript microservices (mims) in Boa behind a native HTTP server.
+
+use clap::{Parser, Subcommand};
+use mimhost_runtime::config::{parse_duration, parse_size};
+use mimhost_runtime::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "mimhost", version, about = "Run JavaScript microservices (mims) in Boa behind a native HTTP and WebSocket server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the mims folder and deployed containers.
+    Serve(ServeArgs),
+    /// Internal: a container's worker process (started by `serve`).
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MIMHOST_LISTEN", default_value = "127.0.0.1:8083")]
+    listen: SocketAddr,
+    /// Folder of drop-in mims.
+    #[arg(long, env = "MIMHOST_MIMS", default_value = "./mims")]
+    mims: PathBuf,
+    /// Folder for the token, images, containers and stores.
+    #[arg(long, env = "MIMHOST_DATA", default_value = "./.mimhost")]
+    data: PathBuf,
+    /// MCM API token (default: made once and kept in <data>/mcm-token).
+    #[arg(long, env = "MIMHOST_TOKEN")]
+    token: Option<String>,
+    /// Redis URL of a cluster.
+    #[arg(long, env = "MIMHOST_REDIS")]
+    cluster: Option<String>,
+    /// This node's id (default: random).
+    #[arg(long, env = "MIMHOST_NODE_ID")]
+    node_id: Option<String>,
+    /// How long one invocation may run (e.g. 30s, 500ms).
+    #[arg(long, env = "MIMHOST_HANDLER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    handler_timeout: Duration,
+    /// Resident memory a container's worker may use (e.g. 256MiB).
+    #[arg(long, env = "MIMHOST_MIM_MEMORY", default_value = "256MiB", value_parser = parse_size)]
+    mim_memory: u64,
+    /// Do not reload the mims folder on change.
+    #[arg(long, env = "MIMHOST_NO_WATCH")]
+    no_watch: bool,
+    /// Largest request body for a container, in bytes (e.g. 10MiB).
+    #[arg(long, env = "MIMHOST_MAX_BODY", default_value = "10MiB", value_parser = parse_size)]
+    max_body: u64,
+}
+
+impl From<ServeArgs> for Config {
+    fn from(a: ServeArgs) -> Self {
+        Config {
+            listen: a.listen,
+            mims: a.mims,
+            data: a.data,
+            token: a.token,
+            cluster: a.cluster,
+            node_id: a.node_id,
+            handler_timeout: a.handler_timeout,
+            mim_memory: a.mim_memory,
+            watch: !a.no_watch,
+            max_body: a.max_body as usize,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Worker => std::process::exit(mimhost_runtime::worker::run()),
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("MIMHOST_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(mimhost_runtime::host::run(args.into()))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The one narrow interface between a mim's JavaScript and the host process.
+
+use std::fmt;
+
+/// Severity of a line a mim writes with `console.*` or `log.*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// `console.debug`, `log.debug`.
+    Debug,
+    /// `console.log`, `console.info`, `log.info`.
+    Info,
+    /// `console.warn`, `log.warn`.
+    Warn,
+    /// `console.error`, `log.error`, and errors the host reports for the mim.
+    Error,
+}
+
+impl LogLevel {
+    /// Parses the level name the JavaScript prelude passes (`"info"`, ...).
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "debug" => Self::Debug,
+            "warn" => Self::Warn,
+            "error" => Self::Error,
+            _ => Self::Info,
+        }
+    }
+}
+
+/// A storage failure, shown to the mim as a thrown `Error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageError(pub String);
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "storage error: {}", self.0)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// One container's key-value store behind `context.storage` (values are strings).
+///
+/// Iteration is oldest first; implementations must keep that order across restarts.
+pub trait Storage {
+    /// The value of `key`, or `None`.
+    fn get(&self, key: &str) -> Result<Option<String>, StorageError>;
+    /// Sets `key` to `value`, with an optional tag; a rewrite keeps the key's age.
+    fn set(&self, key: &str, value: &str, tag: Option<&str>) -> Result<(), StorageError>;
+    /// Removes `key` (and its tag entry); a missing key is no error.
+    fn remove(&self, key: &str) -> Result<(), StorageError>;
+    /// Every `(key, value)` oldest first, only those tagged `tag` when given.
+    fn items(&self, tag: Option<&str>) -> Result<Vec<(String, String)>, StorageError>;
+    /// Removes every item tagged `tag`; returns how many went.
+    fn remove_by_tag(&self, tag: &str) -> Result<usize, StorageError>;
+}
+
+/// What the host offers a running mim. Calls are one-way unless they return a value.
+pub trait HostApi {
+    /// Starts a streamed HTTP response (status and headers; chunks follow).
+    fn http_start(&self, request: u64, status: u16, headers: Vec<(String, String)>);
+    /// One chunk of a streamed HTTP response.
+    fn http_chunk(&self, request: u64, chunk: String);
+    /// Ends a streamed HTTP response.
+    fn http_end(&self, request: u64);
+    /// A whole HTTP response at once.
+    fn http_full(&self, request: u64, status: u16, headers: Vec<(String, String)>, body: String);
+    /// Sends already-encoded text frames to every session of the dispatch channel, in order.
+    fn dispatch(&self, frames: Vec<String>);
+    /// A log line from the mim.
+    fn log(&self, level: LogLevel, message: &str);
+    /// The container's store.
+    fn storage(&self) -> &dyn Storage;
+}

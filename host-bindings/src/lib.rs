@@ -1,0 +1,16 @@
+//! Everything a mim's JavaScript sees, and nothing of the server around it.
+//!
+//! An [`Isolate`] is one Boa context running one container's code. It reaches the
+//! host only through the [`HostApi`] trait (responses, dispatches, logs, storage), so
+//! it can be driven without a server and the server never touches a `JsValue`.
+
+mod host_api;
+mod isolate;
+mod modules;
+mod natives;
+pub mod nesting;
+mod request;
+
+pub use host_api::{HostApi, LogLevel, Storage, StorageError};
+pub use isolate::{Isolate, LoadError, MimSpec};
+pub use request::HttpRequest;

@@ -1,0 +1,223 @@
+//! The native functions behind the prelude's `__host` object.
+//!
+//! Each one reads its arguments as plain strings and numbers, reaches the host through
+//! [`Bindings`], and returns plain values: the JavaScript side does the rest.
+
+use crate::host_api::{HostApi, LogLevel};
+use crate::modules::{compile_common_js, read_mim_file, resolve_require};
+use boa_engine::object::builtins::JsArray;
+use boa_engine::object::ObjectInitializer;
+use boa_engine::{
+    Context, JsArgs, JsError, JsNativeError, JsObject, JsResult, JsString, JsValue,
+    NativeFunction,
+};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// The host-side state every native function reaches through the context.
+pub(crate) struct Bindings {
+    /// The host behind this isolate.
+    pub host: Rc<dyn HostApi>,
+    /// The mim's folder; nothing outside it can be loaded.
+    pub root: PathBuf,
+    /// Zero of `__host.now()`.
+    pub started: Instant,
+}
+
+/// Clones the `Bindings` out of the context so natives can use the context freely.
+pub(crate) fn bindings(ctx: &Context) -> JsResult<(Rc<dyn HostApi>, PathBuf)> {
+    let b = ctx
+        .get_data::<Bindings>()
+        .ok_or_else(|| JsNativeError::error().with_message("mimhost bindings missing"))?;
+    Ok((b.host.clone(), b.root.clone()))
+}
+
+/// Argument `i` as a Rust string (undefined becomes `"undefined"`, as `String(x)` does).
+fn arg_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<String> {
+    Ok(args.get_or_undefined(i).to_string(ctx)?.to_std_string_escaped())
+}
+
+/// Argument `i` as an optional string (null and undefined are `None`).
+fn arg_opt_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<Option<String>> {
+    let v = args.get_or_undefined(i);
+    if v.is_null_or_undefined() {
+        Ok(None)
+    } else {
+        Ok(Some(v.to_string(ctx)?.to_std_string_escaped()))
+    }
+}
+
+/// Argument `i` as a request id.
+fn arg_id(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<u64> {
+    Ok(args.get_or_undefined(i).to_number(ctx)? as u64)
+}
+
+/// A JS array of strings as a Rust list.
+fn string_list(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<String>> {
+    let Some(obj) = value.as_object() else {
+        return Ok(Vec::new());
+    };
+    let array = JsArray::from_object(obj.clone())?;
+    let len = array.length(ctx)?;
+    let mut out = Vec::with_capacity(len as usize);
+    for i in 0..len {
+        out.push(array.get(i, ctx)?.to_string(ctx)?.to_std_string_escaped());
+    }
+    Ok(out)
+}
+
+/// A flat `[name, value, name, value…]` list as header pairs.
+fn header_pairs(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<(String, String)>> {
+    let flat = string_list(value, ctx)?;
+    Ok(flat.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect())
+}
+
+fn storage_error(e: crate::StorageError) -> JsError {
+    JsNativeError::error().with_message(e.to_string()).into()
+}
+
+fn log(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let level = LogLevel::from_name(&arg_string(args, 0, ctx)?);
+    host.log(level, &arg_string(args, 1, ctx)?);
+    Ok(JsValue::undefined())
+}
+
+fn now(_: &JsValue, _: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let started = ctx.get_data::<Bindings>().map_or_else(Instant::now, |b| b.started);
+    Ok(JsValue::from(started.elapsed().as_secs_f64() * 1000.0))
+}
+
+fn dispatch(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    host.dispatch(string_list(args.get_or_undefined(0), ctx)?);
+    Ok(JsValue::undefined())
+}
+
+fn storage_get(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let key = arg_string(args, 0, ctx)?;
+    Ok(match host.storage().get(&key).map_err(storage_error)? {
+        Some(v) => JsValue::from(JsString::from(v.as_str())),
+        None => JsValue::null(),
+    })
+}
+
+fn storage_set(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let key = arg_string(args, 0, ctx)?;
+    let value = arg_string(args, 1, ctx)?;
+    let tag = arg_opt_string(args, 2, ctx)?;
+    host.storage()
+        .set(&key, &value, tag.as_deref())
+        .map_err(storage_error)?;
+    Ok(JsValue::undefined())
+}
+
+fn storage_remove(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let key = arg_string(args, 0, ctx)?;
+    host.storage().remove(&key).map_err(storage_error)?;
+    Ok(JsValue::undefined())
+}
+
+fn storage_items(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let tag = arg_opt_string(args, 0, ctx)?;
+    let items = host.storage().items(tag.as_deref()).map_err(storage_error)?;
+    let flat = items.into_iter().flat_map(|(k, v)| {
+        [
+            JsValue::from(JsString::from(k.as_str())),
+            JsValue::from(JsString::from(v.as_str())),
+        ]
+    });
+    Ok(JsArray::from_iter(flat, ctx).into())
+}
+
+fn storage_remove_by_tag(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let tag = arg_string(args, 0, ctx)?;
+    let removed = host.storage().remove_by_tag(&tag).map_err(storage_error)?;
+    Ok(JsValue::from(removed as f64))
+}
+
+fn resolve(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (_, root) = bindings(ctx)?;
+    let dir = arg_string(args, 0, ctx)?;
+    let spec = arg_string(args, 1, ctx)?;
+    let path = resolve_require(&root, dir.as_ref(), &spec)?;
+    Ok(JsValue::from(JsString::from(path.to_string_lossy().as_ref())))
+}
+
+fn read_source(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (_, root) = bindings(ctx)?;
+    let path = arg_string(args, 0, ctx)?;
+    let text = read_mim_file(&root, path.as_ref())?;
+    Ok(JsValue::from(JsString::from(text.as_str())))
+}
+
+fn compile(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (_, root) = bindings(ctx)?;
+    let path = arg_string(args, 0, ctx)?;
+    compile_common_js(&root, path.as_ref(), ctx)
+}
+
+fn http_start(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let id = arg_id(args, 0, ctx)?;
+    let status = args.get_or_undefined(1).to_number(ctx)? as u16;
+    let headers = header_pairs(args.get_or_undefined(2), ctx)?;
+    host.http_start(id, status, headers);
+    Ok(JsValue::undefined())
+}
+
+fn http_chunk(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let id = arg_id(args, 0, ctx)?;
+    host.http_chunk(id, arg_string(args, 1, ctx)?);
+    Ok(JsValue::undefined())
+}
+
+fn http_end(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    host.http_end(arg_id(args, 0, ctx)?);
+    Ok(JsValue::undefined())
+}
+
+fn http_full(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let id = arg_id(args, 0, ctx)?;
+    let status = args.get_or_undefined(1).to_number(ctx)? as u16;
+    let headers = header_pairs(args.get_or_undefined(2), ctx)?;
+    let body = arg_string(args, 3, ctx)?;
+    host.http_full(id, status, headers, body);
+    Ok(JsValue::undefined())
+}
+
+/// Builds the `__host` object the prelude receives.
+pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
+    type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
+    let functions: [(&str, Native, usize); 15] = [
+        ("log", log, 2),
+        ("now", now, 0),
+        ("dispatch", dispatch, 1),
+        ("storageGet", storage_get, 1),
+        ("storageSet", storage_set, 3),
+        ("storageRemove", storage_remove, 1),
+        ("storageItems", storage_items, 1),
+        ("storageRemoveByTag", storage_remove_by_tag, 1),
+        ("resolve", resolve, 2),
+        ("readSource", read_source, 1),
+        ("compileCommonJs", compile, 1),
+        ("httpStart", http_start, 3),
+        ("httpChunk", http_chunk, 2),
+        ("httpEnd", http_end, 1),
+        ("httpFull", http_full, 4),
+    ];
+    let mut init = ObjectInitializer::new(ctx);
+    for (name, f, len) in functions {
+        init.function(NativeFunction::from_fn_ptr(f), JsString::from(name), len);
+    }
+    init.build()
+}

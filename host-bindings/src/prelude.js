@@ -1,0 +1,475 @@
+// The JavaScript half of mimhost's bindings, evaluated once in every fresh context.
+// It builds every global a mim sees (context, app, mimikModule, require, timers,
+// console/log and the small Node/browser shims webpack bundles reach for) on top of
+// the native functions in `__host`, and exposes the entry points the Rust side calls
+// through `__mimhost`. Everything here is plain data in, native calls out.
+(function (host, mim) {
+  'use strict';
+  var G = globalThis;
+
+  // ---- small shims real bundles expect -------------------------------------------
+  G.global = G;
+  G.self = G;
+  G.window = G.window || undefined;
+
+  var utf8 = {
+    encode: function (text) {
+      var s = String(text), out = [];
+      for (var i = 0; i < s.length; i++) {
+        var c = s.charCodeAt(i);
+        if (c >= 0xd800 && c < 0xdc00 && i + 1 < s.length) {
+          var d = s.charCodeAt(i + 1);
+          if (d >= 0xdc00 && d < 0xe000) { c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00); i++; }
+          else c = 0xfffd;
+        } else if (c >= 0xd800 && c < 0xe000) c = 0xfffd;
+        if (c < 0x80) out.push(c);
+        else if (c < 0x800) out.push(0xc0 | (c >> 6), 0x80 | (c & 63));
+        else if (c < 0x10000) out.push(0xe0 | (c >> 12), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+        else out.push(0xf0 | (c >> 18), 0x80 | ((c >> 12) & 63), 0x80 | ((c >> 6) & 63), 0x80 | (c & 63));
+      }
+      return new Uint8Array(out);
+    },
+    decode: function (bytes) {
+      var b = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes && bytes.buffer ? bytes.buffer : bytes || []);
+      var s = '';
+      for (var i = 0; i < b.length;) {
+        var c = b[i++], n = 0, cp;
+        if (c < 0x80) { s += String.fromCharCode(c); continue; }
+        else if (c >= 0xf0) { cp = c & 7; n = 3; }
+        else if (c >= 0xe0) { cp = c & 15; n = 2; }
+        else if (c >= 0xc0) { cp = c & 31; n = 1; }
+        else { s += '\ufffd'; continue; }
+        for (var k = 0; k < n && i < b.length; k++) cp = (cp << 6) | (b[i++] & 63);
+        s += String.fromCodePoint(cp);
+      }
+      return s;
+    }
+  };
+  if (typeof G.TextEncoder !== 'function') {
+    G.TextEncoder = function TextEncoder() { this.encoding = 'utf-8'; };
+    G.TextEncoder.prototype.encode = function (s) { return utf8.encode(s === undefined ? '' : s); };
+  }
+  if (typeof G.TextDecoder !== 'function') {
+    G.TextDecoder = function TextDecoder() { this.encoding = 'utf-8'; };
+    G.TextDecoder.prototype.decode = function (b) { return b === undefined ? '' : utf8.decode(b); };
+  }
+  var B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+  if (typeof G.btoa !== 'function') {
+    G.btoa = function (input) {
+      var s = String(input), out = '';
+      for (var i = 0; i < s.length; i += 3) {
+        var a = s.charCodeAt(i), b = s.charCodeAt(i + 1), c = s.charCodeAt(i + 2);
+        if (a > 255 || b > 255 || c > 255) throw new Error('btoa: the string has characters outside of Latin1');
+        var n = (a << 16) | ((b || 0) << 8) | (c || 0);
+        out += B64[(n >> 18) & 63] + B64[(n >> 12) & 63] +
+          (i + 1 < s.length ? B64[(n >> 6) & 63] : '=') + (i + 2 < s.length ? B64[n & 63] : '=');
+      }
+      return out;
+    };
+  }
+  if (typeof G.atob !== 'function') {
+    G.atob = function (input) {
+      var s = String(input).replace(/[\s=]/g, ''), out = '', bits = 0, acc = 0;
+      for (var i = 0; i < s.length; i++) {
+        var v = B64.indexOf(s[i]);
+        if (v < 0) throw new Error('atob: the string is not valid base64');
+        acc = (acc << 6) | v; bits += 6;
+        if (bits >= 8) { bits -= 8; out += String.fromCharCode((acc >> bits) & 255); }
+      }
+      return out;
+    };
+  }
+  G.Buffer = G.Buffer || {
+    byteLength: function (s) { return typeof s === 'string' ? utf8.encode(s).length : (s && s.byteLength) || 0; },
+    from: function (s, enc) {
+      if (enc === 'base64') { var raw = G.atob(s), a = new Uint8Array(raw.length); for (var i = 0; i < raw.length; i++) a[i] = raw.charCodeAt(i); return a; }
+      return utf8.encode(s);
+    },
+    isBuffer: function () { return false; }
+  };
+  if (typeof G.URL !== 'function') {
+    var URLShim = function URL(href, base) {
+      var s = String(href);
+      if (!/^[a-zA-Z][a-zA-Z0-9+.-]*:/.test(s)) {
+        if (base === undefined) throw new TypeError('Invalid URL: ' + s);
+        var b = new URLShim(base);
+        s = s.charAt(0) === '/' ? b.origin + s : b.origin + b.pathname.replace(/[^/]*$/, '') + s;
+      }
+      var m = /^([a-zA-Z][a-zA-Z0-9+.-]*:)(?:\/\/(?:([^:@/]*)(?::([^@/]*))?@)?([^:/?#]*)(?::(\d+))?)?([^?#]*)(\?[^#]*)?(#.*)?$/.exec(s);
+      if (!m) throw new TypeError('Invalid URL: ' + s);
+      this.protocol = m[1].toLowerCase(); this.username = m[2] || ''; this.password = m[3] || '';
+      this.hostname = m[4] || ''; this.port = m[5] || ''; this.pathname = m[6] || '/';
+      this.search = m[7] && m[7] !== '?' ? m[7] : ''; this.hash = m[8] || '';
+      this.host = this.hostname + (this.port ? ':' + this.port : '');
+      this.origin = this.protocol + '//' + this.host;
+      this.searchParams = new URLSearchParamsShim(this.search);
+    };
+    URLShim.prototype.toString = function () { return this.origin + this.pathname + this.search + this.hash; };
+    Object.defineProperty(URLShim.prototype, 'href', { get: function () { return this.toString(); } });
+    URLShim.prototype.toJSON = URLShim.prototype.toString;
+    var URLSearchParamsShim = function URLSearchParams(init) {
+      this._pairs = [];
+      var s = String(init || '').replace(/^\?/, '');
+      if (s) s.split('&').forEach(function (part) {
+        var i = part.indexOf('='), k = i < 0 ? part : part.slice(0, i), v = i < 0 ? '' : part.slice(i + 1);
+        this._pairs.push([decodeQueryPart(k), decodeQueryPart(v)]);
+      }, this);
+    };
+    URLSearchParamsShim.prototype.get = function (k) { for (var p of this._pairs) if (p[0] === k) return p[1]; return null; };
+    URLSearchParamsShim.prototype.getAll = function (k) { return this._pairs.filter(function (p) { return p[0] === k; }).map(function (p) { return p[1]; }); };
+    URLSearchParamsShim.prototype.has = function (k) { return this.get(k) !== null; };
+    URLSearchParamsShim.prototype.set = function (k, v) { this.delete(k); this._pairs.push([k, String(v)]); };
+    URLSearchParamsShim.prototype.append = function (k, v) { this._pairs.push([k, String(v)]); };
+    URLSearchParamsShim.prototype.delete = function (k) { this._pairs = this._pairs.filter(function (p) { return p[0] !== k; }); };
+    URLSearchParamsShim.prototype.forEach = function (f) { this._pairs.forEach(function (p) { f(p[1], p[0]); }); };
+    URLSearchParamsShim.prototype.toString = function () { return this._pairs.map(function (p) { return encodeURIComponent(p[0]) + '=' + encodeURIComponent(p[1]); }).join('&'); };
+    G.URL = URLShim;
+    G.URLSearchParams = URLSearchParamsShim;
+  }
+  function decodeQueryPart(s) {
+    try { return decodeURIComponent(s.replace(/\+/g, ' ')); } catch (e) { return s; }
+  }
+
+  // ---- console and log -------------------------------------------------------------
+  function show(v) {
+    if (typeof v === 'string') return v;
+    if (v instanceof Error) return v.stack ? String(v) + '\n' + v.stack : String(v);
+    try { var j = JSON.stringify(v); return j === undefined ? String(v) : j; } catch (e) { return String(v); }
+  }
+  function logger(level) {
+    return function () {
+      var parts = [];
+      for (var i = 0; i < arguments.length; i++) parts.push(show(arguments[i]));
+      host.log(level, parts.join(' '));
+    };
+  }
+  G.console = {
+    log: logger('info'), info: logger('info'), warn: logger('warn'), error: logger('error'),
+    debug: logger('debug'), trace: logger('debug'), dir: logger('info')
+  };
+  G.log = { info: logger('info'), warn: logger('warn'), error: logger('error'), debug: logger('debug') };
+
+  // ---- timers ------------------------------------------------------------------
+  var timers = new Map(), nextTimerId = 1;
+  function addTimer(fn, ms, args, repeat) {
+    if (typeof fn !== 'function') throw new TypeError('timer callback must be a function');
+    var delay = Math.max(0, Number(ms) || 0), id = nextTimerId++;
+    timers.set(id, { fn: fn, args: args, at: host.now() + delay, every: repeat ? Math.max(1, delay) : 0 });
+    return id;
+  }
+  G.setTimeout = function (fn, ms) { return addTimer(fn, ms, Array.prototype.slice.call(arguments, 2), false); };
+  G.setInterval = function (fn, ms) { return addTimer(fn, ms, Array.prototype.slice.call(arguments, 2), true); };
+  G.setImmediate = function (fn) { return addTimer(fn, 0, Array.prototype.slice.call(arguments, 1), false); };
+  G.clearTimeout = G.clearInterval = G.clearImmediate = function (id) { timers.delete(id); };
+  G.queueMicrotask = function (fn) { Promise.resolve().then(fn); };
+  G.process = G.process || {};
+  G.process.env = Object.assign({}, mim.env);
+  G.process.nextTick = function (fn) {
+    var args = Array.prototype.slice.call(arguments, 1);
+    Promise.resolve().then(function () { fn.apply(undefined, args); });
+  };
+  G.process.platform = 'mimhost';
+  G.process.version = 'v0';
+  G.process.versions = {};
+  G.process.browser = true;
+
+  /** Runs every due timer once; returns ms until the next one, or -1 when none is set. */
+  function runTimers() {
+    var now = host.now(), next = -1;
+    timers.forEach(function (t, id) {
+      if (t.at <= now) {
+        if (t.every) t.at = now + t.every; else timers.delete(id);
+        try { t.fn.apply(undefined, t.args); } catch (e) { reportError('timer callback', e); }
+        flushDispatches();
+      }
+    });
+    timers.forEach(function (t) { var wait = Math.max(0, t.at - now); if (next < 0 || wait < next) next = wait; });
+    return next;
+  }
+
+  function reportError(where, e) {
+    var text = e && e.stack ? String(e) + '\n' + e.stack : String(e);
+    host.log('error', where + ' threw: ' + text);
+  }
+
+  // ---- context -----------------------------------------------------------------
+  var wsEnabled = mim.env.WEBSOCKET_SUPPORT === 'true' || mim.env['MCM.WEBSOCKET_SUPPORT'] === 'true';
+  var pendingDispatches = [];
+  function flushDispatches() {
+    if (pendingDispatches.length) { var batch = pendingDispatches; pendingDispatches = []; host.dispatch(batch); }
+  }
+  function eachOf(tag, callback) {
+    if (typeof callback !== 'function') throw new TypeError('storage iteration needs a callback (key, value) => …');
+    var flat = host.storageItems(tag);
+    for (var i = 0; i < flat.length; i += 2) if (callback(flat[i], flat[i + 1]) === false) break;
+  }
+  var context = {
+    env: Object.assign({}, mim.env),
+    info: { serviceType: mim.name, apiRoot: mim.basePath, httpPort: mim.httpPort, nodeId: mim.nodeId },
+    storage: {
+      getItem: function (k) { return host.storageGet(String(k)); },
+      setItem: function (k, v) { host.storageSet(String(k), String(v), null); },
+      setItemWithTag: function (k, v, tag) { host.storageSet(String(k), String(v), String(tag)); },
+      removeItem: function (k) { host.storageRemove(String(k)); },
+      eachItem: function (cb) { eachOf(null, cb); },
+      eachItemByTag: function (tag, cb) { eachOf(String(tag), cb); },
+      removeItemsByTag: function (tag) { return host.storageRemoveByTag(String(tag)); }
+    },
+    dispatchWebSocketEvent: function (options) {
+      if (!wsEnabled) {
+        throw new Error('WebSocket support is off for container "' + mim.name +
+          '": deploy it with env WEBSOCKET_SUPPORT="true" (or MCM.WEBSOCKET_SUPPORT="true") to use dispatchWebSocketEvent');
+      }
+      if (options === undefined || options === null) { flushDispatches(); return; }
+      var frame = { type: options.type };
+      if (options.message !== undefined) frame.message = options.message;
+      pendingDispatches.push(JSON.stringify(frame));
+    },
+    edge: {
+      decryptEncryptedNodesJson: function (opts) { notOffered('decryptEncryptedNodesJson', opts); },
+      requestBep: function (opts) { notOffered('requestBep', opts); }
+    }
+  };
+  function notOffered(name, opts) {
+    var message = 'context.edge.' + name + ' is a mimik edge node service that this host does not offer';
+    if (opts && typeof opts.error === 'function') G.setTimeout(function () { opts.error({ message: message }); }, 0);
+    else throw new Error(message);
+  }
+  G.context = context;
+
+  // ---- app router (route style) -------------------------------------------------
+  var routes = [];
+  function compileRoute(path) {
+    var names = [], src = String(path).replace(/\/+$/, '') || '/';
+    var pattern = src === '/' ? '/' : src.split('/').map(function (seg) {
+      if (seg === '*') { names.push('*'); return '(.*)'; }
+      if (seg.charAt(0) === ':') { names.push(seg.slice(1)); return '([^/]+)'; }
+      return seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    }).join('/');
+    pattern = pattern.replace(/\/\(\.\*\)$/, '(?:/(.*))?');
+    return { regex: new RegExp('^' + pattern + '/?$'), names: names };
+  }
+  function addRoute(method) {
+    return function (path, handler) {
+      if (typeof handler !== 'function') throw new TypeError('app.' + method.toLowerCase() + '(' + path + ', handler): handler must be a function');
+      var r = compileRoute(path);
+      routes.push({ method: method, regex: r.regex, names: r.names, handler: handler });
+      return G.app;
+    };
+  }
+  G.app = {
+    get: addRoute('GET'), post: addRoute('POST'), put: addRoute('PUT'), patch: addRoute('PATCH'),
+    delete: addRoute('DELETE'), all: addRoute('*'), head: addRoute('HEAD'), options: addRoute('OPTIONS')
+  };
+  function matchRoute(method, path) {
+    for (var i = 0; i < routes.length; i++) {
+      var r = routes[i];
+      if (r.method !== '*' && r.method !== method) continue;
+      var m = r.regex.exec(path);
+      if (!m) continue;
+      var params = {};
+      r.names.forEach(function (n, j) { params[n] = m[j + 1] === undefined ? '' : decodeQueryPart(m[j + 1]); });
+      return { handler: r.handler, params: params };
+    }
+    return null;
+  }
+
+  // ---- modules -----------------------------------------------------------------
+  G.mimikModule = { exports: undefined };
+  var builtins = {};
+  var moduleCache = {};
+  /** Makes the `require` function for a file at `dir`. */
+  function makeRequire(dir) {
+    return function require(spec) {
+      spec = String(spec);
+      if (Object.prototype.hasOwnProperty.call(builtins, spec)) return builtins[spec]();
+      if (spec.charAt(0) !== '.') throw new Error("Cannot find module '" + spec + "': only files of the mim ('./x') and the host's built-ins can be required");
+      var path = host.resolve(dir, spec);
+      if (moduleCache[path]) return moduleCache[path].exports;
+      var module = { exports: {}, id: path, filename: path, loaded: false };
+      moduleCache[path] = module;
+      if (/\.json$/.test(path)) { module.exports = JSON.parse(host.readSource(path)); }
+      else {
+        var fn = host.compileCommonJs(path);
+        var d = path.replace(/\/[^/]*$/, '') || '/';
+        fn.call(module.exports, module.exports, makeRequire(d), module, path, d);
+      }
+      module.loaded = true;
+      return module.exports;
+    };
+  }
+
+  // ---- HTTP ----------------------------------------------------------------------
+  function sniffType(body) {
+    var c = body.charAt(0);
+    return c === '{' || c === '[' ? 'application/json' : 'text/plain; charset=utf-8';
+  }
+  function headerList(obj) {
+    var list = [];
+    if (obj) Object.keys(obj).forEach(function (k) {
+      var v = obj[k];
+      if (Array.isArray(v)) v.forEach(function (x) { list.push(k, String(x)); });
+      else if (v !== undefined && v !== null) list.push(k, String(v));
+    });
+    return list;
+  }
+  function bodyText(body) {
+    if (body === undefined || body === null) return '';
+    if (typeof body === 'string') return body;
+    if (body instanceof Uint8Array) return utf8.decode(body);
+    return String(body);
+  }
+
+  /** The `response` object of route style and mimik bundles. */
+  function Response(id) {
+    this._id = id; this._headers = {}; this._started = false; this._done = false; this.statusCode = 200;
+  }
+  Response.prototype.setHeader = function (name, value) { this._headers[String(name).toLowerCase()] = value; return this; };
+  Response.prototype.getHeader = function (name) { return this._headers[String(name).toLowerCase()]; };
+  Response.prototype.removeHeader = function (name) { delete this._headers[String(name).toLowerCase()]; };
+  Response.prototype.status = function (code) { this.statusCode = code; return this; };
+  Response.prototype.writeHead = function (code, headers) {
+    this.statusCode = code;
+    if (headers) Object.keys(headers).forEach(function (k) { this.setHeader(k, headers[k]); }, this);
+    return this;
+  };
+  Response.prototype.write = function (chunk) {
+    if (this._done) return false;
+    if (!this._started) {
+      this._started = true;
+      if (this._headers['content-type'] === undefined) this._headers['content-type'] = 'text/plain; charset=utf-8';
+      flushDispatches();
+      host.httpStart(this._id, Number(this.statusCode) || 200, headerList(this._headers));
+    }
+    var text = bodyText(chunk);
+    if (text.length) host.httpChunk(this._id, text);
+    return true;
+  };
+  Response.prototype.end = function (body) {
+    if (this._done) return;
+    if (this._started) {
+      if (body !== undefined && body !== null) this.write(body);
+      this._done = true;
+      host.httpEnd(this._id);
+      return;
+    }
+    this._done = true;
+    var text = bodyText(body);
+    if (this._headers['content-type'] === undefined && text.length) this._headers['content-type'] = sniffType(text);
+    flushDispatches();
+    host.httpFull(this._id, Number(this.statusCode) || 200, headerList(this._headers), text);
+  };
+  Response.prototype.send = function (body) {
+    if (body !== null && typeof body === 'object' && !(body instanceof Uint8Array)) return this.json(body);
+    this.end(body);
+  };
+  Response.prototype.json = function (value) {
+    if (this._headers['content-type'] === undefined) this._headers['content-type'] = 'application/json';
+    this.end(JSON.stringify(value));
+  };
+  Response.prototype.fail = function (e) {
+    reportError(mim.name + ' handler', e);
+    var message = e && e.message !== undefined ? String(e.message) : String(e);
+    if (this._started) { this._done = true; host.httpEnd(this._id); return; }
+    this.statusCode = 500; this._headers = { 'content-type': 'application/json' };
+    this._done = false;
+    this.end(JSON.stringify({ error: { status: 500, message: message } }));
+  };
+  /** Answers with a controller's return value `{status, body, contentType, headers}`. */
+  Response.prototype.fromController = function (result) {
+    if (this._done) return;
+    if (result === undefined || result === null) result = {};
+    if (typeof result !== 'object') result = { body: result };
+    var headers = {};
+    if (result.headers) Object.keys(result.headers).forEach(function (k) { headers[k.toLowerCase()] = result.headers[k]; });
+    var body = result.body, type = result.contentType;
+    if (body !== undefined && body !== null && typeof body === 'object' && !(body instanceof Uint8Array)) {
+      body = JSON.stringify(body); type = type || 'application/json';
+    }
+    body = bodyText(body);
+    if (type) headers['content-type'] = type;
+    else if (headers['content-type'] === undefined && body.length) headers['content-type'] = 'text/plain; charset=utf-8';
+    this._headers = headers; this.statusCode = result.status === undefined ? 200 : Number(result.status);
+    this.end(body);
+  };
+
+  function parseCookies(header) {
+    var out = {};
+    if (header) String(header).split(';').forEach(function (part) {
+      var i = part.indexOf('=');
+      if (i > 0) out[part.slice(0, i).trim()] = decodeQueryPart(part.slice(i + 1).trim());
+    });
+    return out;
+  }
+  function routeRequest(r, params) {
+    return {
+      method: r.method, url: r.url, path: r.path, params: params, query: r.query,
+      headers: r.headers, body: r.body, authorization: r.headers.authorization || ''
+    };
+  }
+  function controllerRequest(r) {
+    var params = Object.assign({}, r.query);
+    var type = r.headers['content-type'] || '';
+    if (type.indexOf('application/x-www-form-urlencoded') === 0 && r.body) {
+      new G.URLSearchParams(r.body).forEach(function (v, k) { params[k] = v; });
+    }
+    return {
+      method: r.method, scheme: r.scheme, host: r.host, port: r.port, path: r.fullPath,
+      url: r.scheme + '://' + r.headers.host + r.fullPath + (r.url.indexOf('?') >= 0 ? r.url.slice(r.url.indexOf('?')) : ''),
+      params: params, headers: r.headers, cookies: parseCookies(r.headers.cookie), body: r.body,
+      remoteAddress: r.remoteAddress, webSocket: !!r.webSocket, contextPath: mim.basePath
+    };
+  }
+  function controllerExports() {
+    var esm = mim.esm;
+    if (esm) return esm;
+    return mim.module.exports;
+  }
+  function controllerHandler(method) {
+    var ex = controllerExports();
+    if (!ex || (typeof ex !== 'object' && typeof ex !== 'function')) return null;
+    var name = method.toLowerCase();
+    if (name === 'delete' && typeof ex['delete'] !== 'function' && typeof ex.del === 'function') return ex.del;
+    if (typeof ex[name] === 'function') return ex[name];
+    if (typeof ex.all === 'function') return ex.all;
+    return null;
+  }
+  function isThenable(v) { return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof v.then === 'function'; }
+
+  /** Entry point: one HTTP request. `r` is the request as plain data from the host. */
+  function handleHttp(id, r) {
+    var res = new Response(id), result, controller = false;
+    try {
+      var route = matchRoute(r.method, r.path);
+      if (route) result = route.handler(routeRequest(r, route.params), res);
+      else if (typeof G.mimikModule.exports === 'function') result = G.mimikModule.exports(context, routeRequest(r, {}), res);
+      else {
+        var handler = controllerHandler(r.method);
+        if (!handler) {
+          res.statusCode = 404; res._headers = { 'content-type': 'application/json' };
+          res.end(JSON.stringify({ error: { status: 404, message: 'no handler for ' + r.method + ' ' + r.path + ' in ' + mim.name } }));
+          return;
+        }
+        controller = true;
+        result = handler.call(controllerExports(), controllerRequest(r));
+      }
+    } catch (e) {
+      flushDispatches();
+      res.fail(e);
+      return;
+    }
+    flushDispatches();
+    if (isThenable(result)) {
+      result.then(function (v) { flushDispatches(); if (controller) res.fromController(v); },
+        function (e) { flushDispatches(); res.fail(e); });
+    } else if (controller) res.fromController(result);
+  }
+
+  G.__mimhost = {
+    handleHttp: handleHttp,
+    runTimers: runTimers,
+    makeRequire: makeRequire,
+    builtins: builtins,
+    flushDispatches: flushDispatches
+  };
+});

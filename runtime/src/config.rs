@@ -1,0 +1,95 @@
+//! Host settings, with defaults that give a working single node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `mimhost serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (loopback:8083 by default).
+    pub listen: SocketAddr,
+    /// Folder of drop-in mims.
+    pub mims: PathBuf,
+    /// Folder for the token, images, containers and stores.
+    pub data: PathBuf,
+    /// MCM API token; made and kept in `<data>/mcm-token` when absent.
+    pub token: Option<String>,
+    /// Redis URL of the cluster, if any.
+    pub cluster: Option<String>,
+    /// This node's id (random when absent).
+    pub node_id: Option<String>,
+    /// How long one invocation may run.
+    pub handler_timeout: Duration,
+    /// Resident memory a container's worker may use.
+    pub mim_memory: u64,
+    /// Whether to reload `mims/` on change.
+    pub watch: bool,
+    /// Largest HTTP request body for a container, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            mims: PathBuf::from("mims"),
+            data: PathBuf::from(".mimhost"),
+            token: None,
+            cluster: None,
+            node_id: None,
+            handler_timeout: Duration::from_secs(30),
+            mim_memory: 256 * 1024 * 1024,
+            watch: true,
+            max_body: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// Parses a duration like `30s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration (try 30s or 500ms)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown duration unit '{other}' in '{text}' (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a size like `256MiB`, `64MB`, `1GiB`, `512k` or a bare number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number.parse().map_err(|_| format!("'{text}' is not a size (try 256MiB)"))?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' in '{text}' (use KiB, MiB or GiB)")),
+    };
+    Ok((n * factor) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("3 parsecs").is_err());
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert!(parse_size("lots").is_err());
+    }
+}

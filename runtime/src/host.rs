@@ -1,0 +1,141 @@
+//! The host: wires configuration, registry, workers and the HTTP server together,
+//! and shuts them down in order.
+
+use crate::config::Config;
+use crate::mims_dir::{self, NodeFacts};
+use crate::registry::Registry;
+use crate::supervisor::{WorkerEvents, WorkerLimits};
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What request handlers share.
+pub struct HostState {
+    /// The settings.
+    pub config: Config,
+    /// The containers.
+    pub registry: Arc<Registry>,
+    /// The port actually bound.
+    pub local_port: u16,
+}
+
+/// Receives worker output that is not an HTTP answer.
+struct Events;
+
+impl WorkerEvents for Events {
+    fn on_dispatch(&self, container: &str, frames: Vec<String>) {
+        tracing::debug!(container, "{} dispatch frames (no sessions yet)", frames.len());
+    }
+}
+
+/// Errors that stop the host from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The data folder or token file could not be prepared.
+    #[error("cannot prepare the data folder {path}: {source}")]
+    Data {
+        /// The folder.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another host running? try --listen 127.0.0.1:0)")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the host until Ctrl-C or SIGTERM.
+pub async fn run(config: Config) -> Result<(), HostError> {
+    let data_error = |source| HostError::Data { path: config.data.display().to_string(), source };
+    std::fs::create_dir_all(&config.data).map_err(data_error)?;
+    let token = ensure_token(&config).map_err(data_error)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| HostError::Listen { addr: config.listen, source })?;
+    let local = listener.local_addr().map_err(|source| HostError::Listen { addr: config.listen, source })?;
+    let node = NodeFacts {
+        http_port: local.port(),
+        node_id: config.node_id.clone().unwrap_or_else(random_node_id),
+    };
+    let limits = WorkerLimits { handler_timeout: config.handler_timeout, memory_bytes: config.mim_memory };
+    let registry = Arc::new(Registry::new(config.data.clone(), limits, Arc::new(Events)));
+    let seen = mims_dir::load_all(&registry, &config.mims, &node).await;
+    if config.watch {
+        tokio::spawn(mims_dir::watch(registry.clone(), config.mims.clone(), node.clone(), seen));
+    }
+    let _ = token;
+    let state = Arc::new(HostState { config, registry: registry.clone(), local_port: local.port() });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The port is bound above but not served before everything is loaded, so a
+    // client that connects can use every mim.
+    println!("listening on http://{local}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(node = %node.node_id, "mimhost serving on http://{local}");
+    let server = tokio::spawn(crate::http::serve(listener, state, stop_rx));
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    registry.stop_all().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The MCM token: the configured one, else the one kept in `<data>/mcm-token`
+/// (made on first start, mode 0600).
+fn ensure_token(config: &Config) -> std::io::Result<String> {
+    if let Some(t) = &config.token {
+        return Ok(t.clone());
+    }
+    let file = config.data.join("mcm-token");
+    if let Ok(t) = std::fs::read_to_string(&file) {
+        if !t.trim().is_empty() {
+            tracing::info!("MCM token in {}", file.display());
+            return Ok(t.trim().to_string());
+        }
+    }
+    let token = random_hex(32);
+    write_private(&file, &token)?;
+    tracing::info!("made a new MCM token in {}", file.display());
+    Ok(token)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_node_id() -> String {
+    format!("node-{}", random_hex(4))
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,216 @@
+//! A request for a container: read the body (bounded), hand it to the worker, and
+//! turn the parts that come back into a whole or streamed response, under a deadline.
+
+use super::body::{full, json_error, Body};
+use crate::host::HostState;
+use crate::registry::Container;
+use crate::supervisor::{HttpPart, Invocation};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use mimhost_bindings::HttpRequest;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Answers one HTTP request for `container`; `rest` is the path below its base path.
+pub async fn handle(
+    state: &HostState,
+    container: &Arc<Container>,
+    rest: String,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let limit = state.config.max_body;
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return json_error(413, &format!("request body is over the {limit}-byte limit"));
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return json_error(413, &format!("request body is over the {limit}-byte limit"))
+        }
+        Err(e) => return json_error(400, &format!("could not read the request body: {e}")),
+    };
+    let request = http_request(&parts, rest, body, peer, state.local_port);
+    let deadline = Instant::now() + state.config.handler_timeout;
+    let invocation = match container.supervisor.http(request, deadline).await {
+        Ok(i) => i,
+        Err(e) => return json_error(503, &e.to_string()),
+    };
+    answer(container.clone(), invocation, deadline).await
+}
+
+/// Builds the plain-data request both JS request shapes are made from.
+fn http_request(
+    parts: &hyper::http::request::Parts,
+    rest: String,
+    body: Bytes,
+    peer: SocketAddr,
+    local_port: u16,
+) -> HttpRequest {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    let query_text = parts.uri.query().unwrap_or("");
+    let query = parse_query(query_text);
+    let host_header = headers.get("host").cloned().unwrap_or_default();
+    let (host, port) = match host_header.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse().unwrap_or(local_port)),
+        _ => (host_header.clone(), local_port),
+    };
+    let remote_address = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| peer.ip().to_string());
+    let url = if query_text.is_empty() { rest.clone() } else { format!("{rest}?{query_text}") };
+    HttpRequest {
+        method: parts.method.as_str().to_string(),
+        url,
+        path: rest,
+        full_path: parts.uri.path().to_string(),
+        query,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        scheme: "http".into(),
+        host,
+        port,
+        remote_address,
+        web_socket: false,
+    }
+}
+
+/// Parses `a=1&b=x+y` into a map (last value wins), percent-decoding names and values.
+pub fn parse_query(text: &str) -> BTreeMap<String, String> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi * 16 + lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits for the worker's answer; past the deadline the worker is killed and 504 sent.
+async fn answer(container: Arc<Container>, mut invocation: Invocation, deadline: Instant) -> Response<Body> {
+    let first = match tokio::time::timeout_at(deadline, invocation.parts.recv()).await {
+        Ok(Some(part)) => part,
+        Ok(None) => return json_error(500, "the worker dropped the request"),
+        Err(_) => {
+            container.supervisor.kill_runaway(invocation.generation);
+            return json_error(504, &format!("{} did not answer within the handler timeout", container.name));
+        }
+    };
+    match first {
+        HttpPart::Full { status, headers, body } => respond(status, &headers, full(body)),
+        HttpPart::Failed { message } => json_error(500, &message),
+        HttpPart::Start { status, headers } => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+            tokio::spawn(stream_chunks(container, invocation, deadline, tx));
+            let stream = tokio_stream_from(rx);
+            respond(status, &headers, BodyExt::boxed(StreamBody::new(stream)))
+        }
+        HttpPart::Chunk(_) | HttpPart::End => json_error(500, "the worker answered out of order"),
+    }
+}
+
+/// Forwards streamed chunks until the end, the worker's death or the deadline.
+async fn stream_chunks(
+    container: Arc<Container>,
+    mut invocation: Invocation,
+    deadline: Instant,
+    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+) {
+    loop {
+        match tokio::time::timeout_at(deadline, invocation.parts.recv()).await {
+            Ok(Some(HttpPart::Chunk(bytes))) => {
+                if tx.send(Ok(Frame::data(bytes))).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Some(HttpPart::End)) => return,
+            Ok(Some(HttpPart::Failed { message })) => {
+                let _ = tx.send(Err(std::io::Error::other(message))).await;
+                return;
+            }
+            Ok(Some(_)) | Ok(None) => return,
+            Err(_) => {
+                container.supervisor.kill_runaway(invocation.generation);
+                let _ = tx.send(Err(std::io::Error::other("handler timeout while streaming"))).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A stream over an mpsc receiver.
+fn tokio_stream_from<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+fn respond(status: u16, headers: &[(String, String)], body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in headers {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_query;
+
+    #[test]
+    fn query_strings_decode() {
+        let q = parse_query("a=1&b=x+y&c=%2Fz&d");
+        assert_eq!(q["a"], "1");
+        assert_eq!(q["b"], "x y");
+        assert_eq!(q["c"], "/z");
+        assert_eq!(q["d"], "");
+    }
+}

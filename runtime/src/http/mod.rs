@@ -1,0 +1,84 @@
+//! The one HTTP server: `/healthz`, and every container path by longest base path.
+
+mod body;
+mod container;
+
+pub use body::{json_error, Body};
+
+use crate::host::HostState;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Accepts connections until `shutdown` turns true, then lets open ones finish
+/// (bounded), telling each to close once its current request is answered.
+pub async fn serve(listener: TcpListener, state: Arc<HostState>, mut shutdown: watch::Receiver<bool>) {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = service_fn(move |req| handle(state.clone(), req, peer));
+                let conn = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let mut stop = shutdown.clone();
+                let open = open.clone();
+                open.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        result = conn.as_mut() => {
+                            if let Err(e) = result {
+                                tracing::debug!("connection from {peer} ended: {e}");
+                            }
+                        }
+                        _ = stop.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Routes one request.
+async fn handle(
+    state: Arc<HostState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return Ok(body::json(200, serde_json::json!({"status": "ok"})));
+    }
+    match state.registry.route(&path) {
+        Some((container, rest)) => Ok(container::handle(&state, &container, rest, req, peer).await),
+        None => Ok(json_error(404, &format!("no container serves {path}"))),
+    }
+}

@@ -1,0 +1,153 @@
+//! The framed messages between the host and a worker process, both directions.
+//!
+//! A frame is a little-endian `u32` length followed by a postcard-encoded message.
+//! Writers batch many frames into one `write`; readers parse every complete frame
+//! out of what one `read` returned.
+
+use mimhost_bindings::{HttpRequest, MimSpec};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Largest frame either side accepts; a bigger length prefix means a broken peer.
+pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// Host -> worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Load (or hot swap to) this code; answered by [`FromWorker::Loaded`].
+    Load {
+        /// The container and its code.
+        spec: MimSpec,
+        /// Folder of the container's store.
+        store_dir: PathBuf,
+    },
+    /// One HTTP request; answered by `Http*` frames with the same id.
+    Http {
+        /// Request id, unique per worker.
+        id: u64,
+        /// The request.
+        request: HttpRequest,
+    },
+    /// Flush the store and exit.
+    Shutdown,
+}
+
+/// Worker -> host.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Result of a [`ToWorker::Load`]: `None` when the code loaded.
+    Loaded {
+        /// The load error, naming file, line and column.
+        error: Option<String>,
+    },
+    /// A streamed response begins.
+    HttpStart {
+        /// Request id.
+        id: u64,
+        /// Status code.
+        status: u16,
+        /// Headers.
+        headers: Vec<(String, String)>,
+    },
+    /// A chunk of a streamed response.
+    HttpChunk {
+        /// Request id.
+        id: u64,
+        /// The chunk.
+        chunk: String,
+    },
+    /// A streamed response ends.
+    HttpEnd {
+        /// Request id.
+        id: u64,
+    },
+    /// A whole response.
+    HttpFull {
+        /// Request id.
+        id: u64,
+        /// Status code.
+        status: u16,
+        /// Headers.
+        headers: Vec<(String, String)>,
+        /// Body.
+        body: String,
+    },
+    /// Text frames for every session of the container's dispatch channel.
+    Dispatch {
+        /// The encoded frames, in order.
+        frames: Vec<String>,
+    },
+    /// A log line of the mim.
+    Log {
+        /// 0 debug, 1 info, 2 warn, 3 error.
+        level: u8,
+        /// The line.
+        message: String,
+    },
+}
+
+/// A frame that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix is over [`MAX_FRAME`].
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// The payload is not a valid message.
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Appends `message` as one frame to `out`.
+pub fn encode_into<T: Serialize>(message: &T, out: &mut Vec<u8>) {
+    // Serialising our own message types into memory cannot fail.
+    let payload = postcard::to_allocvec(message).unwrap_or_default();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// Takes every complete frame off the front of `buffer` and decodes it.
+pub fn decode_frames<T: for<'de> Deserialize<'de>>(
+    buffer: &mut Vec<u8>,
+) -> Result<Vec<T>, FrameError> {
+    let mut messages = Vec::new();
+    let mut at = 0;
+    while buffer.len() - at >= 4 {
+        let len = u32::from_le_bytes([buffer[at], buffer[at + 1], buffer[at + 2], buffer[at + 3]])
+            as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if buffer.len() - at - 4 < len {
+            break;
+        }
+        messages.push(postcard::from_bytes(&buffer[at + 4..at + 4 + len])?);
+        at += 4 + len;
+    }
+    buffer.drain(..at);
+    Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_in_one_buffer_and_split() {
+        let mut out = Vec::new();
+        encode_into(&FromWorker::HttpEnd { id: 7 }, &mut out);
+        encode_into(&FromWorker::Log { level: 1, message: "hi".into() }, &mut out);
+        let mut partial = out[..out.len() - 1].to_vec();
+        let first: Vec<FromWorker> = decode_frames(&mut partial).unwrap();
+        assert!(matches!(first.as_slice(), [FromWorker::HttpEnd { id: 7 }]));
+        partial.push(*out.last().unwrap());
+        let second: Vec<FromWorker> = decode_frames(&mut partial).unwrap();
+        assert!(matches!(second.as_slice(), [FromWorker::Log { level: 1, .. }]));
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn oversized_length_is_refused() {
+        let mut buf = u32::MAX.to_le_bytes().to_vec();
+        assert!(matches!(decode_frames::<ToWorker>(&mut buf), Err(FrameError::TooLarge(_))));
+    }
+}

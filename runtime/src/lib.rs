@@ -1,0 +1,14 @@
+//! The mimhost host process: an HTTP server in front of one supervised worker process
+//! per container, each running the container's JavaScript in Boa.
+
+pub mod config;
+pub mod host;
+pub mod http;
+pub mod ipc;
+pub mod mims_dir;
+pub mod registry;
+pub mod store;
+pub mod supervisor;
+pub mod worker;
+
+pub use config::Config;

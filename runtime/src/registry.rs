@@ -1,0 +1,149 @@
+//! The running containers: start, hot swap, remove, and routing by base path.
+
+use crate::supervisor::{Supervisor, WorkerEvents, WorkerLimits};
+use mimhost_bindings::MimSpec;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// Where a container came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A drop-in mim in the `mims/` folder.
+    MimsFolder,
+    /// Created through the MCM API.
+    Deployed,
+}
+
+/// A running container.
+pub struct Container {
+    /// Container name.
+    pub name: String,
+    /// `MCM.BASE_API_PATH`, normalised (leading `/`, no trailing `/`).
+    pub base_path: String,
+    /// Where it came from.
+    pub origin: Origin,
+    /// Its worker.
+    pub supervisor: Arc<Supervisor>,
+}
+
+/// All containers of this node.
+pub struct Registry {
+    containers: RwLock<Vec<Arc<Container>>>,
+    data: PathBuf,
+    limits: WorkerLimits,
+    events: Arc<dyn WorkerEvents>,
+}
+
+/// The base path a container gets: `MCM.BASE_API_PATH` from its env, else `/<name>`.
+pub fn base_path_for(name: &str, env: &std::collections::BTreeMap<String, String>) -> String {
+    let raw = env.get("MCM.BASE_API_PATH").cloned().unwrap_or_else(|| format!("/{name}"));
+    let trimmed = raw.trim().trim_end_matches('/');
+    if trimmed.starts_with('/') {
+        trimmed.to_string()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    /// An empty registry keeping stores under `data`.
+    pub fn new(data: PathBuf, limits: WorkerLimits, events: Arc<dyn WorkerEvents>) -> Self {
+        Self { containers: RwLock::new(Vec::new()), data, limits, events }
+    }
+
+    /// The container whose base path is the longest prefix of `path`, and the rest of
+    /// the path relative to it (always starting with `/`).
+    pub fn route(&self, path: &str) -> Option<(Arc<Container>, String)> {
+        read(&self.containers)
+            .iter()
+            .filter_map(|c| {
+                let rest = path.strip_prefix(c.base_path.as_str())?;
+                (rest.is_empty() || rest.starts_with('/') || c.base_path == "/").then(|| (c, rest))
+            })
+            .max_by_key(|(c, _)| c.base_path.len())
+            .map(|(c, rest)| {
+                let rest = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+                (c.clone(), rest)
+            })
+    }
+
+    /// The container called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Container>> {
+        read(&self.containers).iter().find(|c| c.name == name).cloned()
+    }
+
+    /// Every container, by name.
+    pub fn list(&self) -> Vec<Arc<Container>> {
+        let mut all = read(&self.containers).clone();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Starts a new container; refuses a taken name or base path and code that does
+    /// not load (nothing is left running then).
+    pub async fn start(&self, spec: MimSpec, origin: Origin) -> Result<Arc<Container>, String> {
+        self.check_free(&spec.name, &spec.base_path)?;
+        let store = crate::worker::store_dir(&self.data, &spec.name);
+        let base_path = spec.base_path.clone();
+        let name = spec.name.clone();
+        let supervisor = Supervisor::start(spec, store, self.limits.clone(), self.events.clone()).await?;
+        let container = Arc::new(Container { name, base_path, origin, supervisor });
+        if let Err(e) = self.check_free(&container.name, &container.base_path) {
+            container.supervisor.stop().await;
+            return Err(e);
+        }
+        write(&self.containers).push(container.clone());
+        Ok(container)
+    }
+
+    fn check_free(&self, name: &str, base_path: &str) -> Result<(), String> {
+        for c in read(&self.containers).iter() {
+            if c.name == name {
+                return Err(format!("a container named '{name}' already exists"));
+            }
+            if c.base_path == base_path {
+                return Err(format!("base path {base_path} is already used by container '{}'", c.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hot swaps a container to new code/env; sessions stay, a failed load keeps the old.
+    pub async fn update(&self, spec: MimSpec) -> Result<(), String> {
+        let container = self.get(&spec.name).ok_or_else(|| format!("no container named '{}'", spec.name))?;
+        if container.base_path != spec.base_path {
+            return Err(format!(
+                "the base path of '{}' cannot change in place ({} -> {}); remove and create it",
+                spec.name, container.base_path, spec.base_path
+            ));
+        }
+        container.supervisor.reload(spec).await
+    }
+
+    /// Stops and removes a container.
+    pub async fn remove(&self, name: &str) -> Option<Arc<Container>> {
+        let removed = {
+            let mut all = write(&self.containers);
+            let at = all.iter().position(|c| c.name == name)?;
+            all.remove(at)
+        };
+        removed.supervisor.stop().await;
+        Some(removed)
+    }
+
+    /// Stops every container (their stores are flushed).
+    pub async fn stop_all(&self) {
+        let all = std::mem::take(&mut *write(&self.containers));
+        for c in all {
+            c.supervisor.stop().await;
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! `context.storage` on sled: items in insertion order with a tag index.
+//!
+//! Trees: `items` key -> (seq, tag, value); `order` seq -> key; `tags` tag\0seq -> key.
+//! A sequence number is given when a key is first written, so iteration by `order`
+//! is oldest first and survives restarts.
+
+use mimhost_bindings::{Storage, StorageError};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::cell::Cell;
+use std::path::Path;
+
+/// Page cache per store; the sled default (1 GiB) is far too big per container.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// One stored item.
+#[derive(Serialize, Deserialize)]
+struct Item {
+    seq: u64,
+    tag: Option<String>,
+    value: String,
+}
+
+/// A container's store in its own sled database.
+pub struct SledStore {
+    db: sled::Db,
+    items: sled::Tree,
+    order: sled::Tree,
+    tags: sled::Tree,
+    dirty: Cell<bool>,
+}
+
+fn err(e: impl std::fmt::Display) -> StorageError {
+    StorageError(e.to_string())
+}
+
+fn tag_key(tag: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tag.len() + 9);
+    k.extend_from_slice(tag.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn tag_prefix(tag: &str) -> Vec<u8> {
+    let mut k = tag.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn decode(bytes: &[u8]) -> Result<Item, StorageError> {
+    postcard::from_bytes(bytes).map_err(err)
+}
+
+fn encode(item: &Item) -> Vec<u8> {
+    postcard::to_allocvec(item).unwrap_or_default()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| StorageError(format!("cannot open store {}: {e}", dir.display())))?;
+        Ok(Self {
+            items: db.open_tree("items").map_err(err)?,
+            order: db.open_tree("order").map_err(err)?,
+            tags: db.open_tree("tags").map_err(err)?,
+            db,
+            dirty: Cell::new(false),
+        })
+    }
+
+    /// Makes every write so far durable; a no-op when nothing was written since.
+    pub fn flush_if_dirty(&self) -> Result<(), StorageError> {
+        if self.dirty.replace(false) {
+            self.db.flush().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn transact<R>(
+        &self,
+        f: impl Fn(
+            &sled::transaction::TransactionalTree,
+            &sled::transaction::TransactionalTree,
+            &sled::transaction::TransactionalTree,
+        ) -> Result<R, ConflictableTransactionError<StorageError>>,
+    ) -> Result<R, StorageError> {
+        self.dirty.set(true);
+        (&self.items, &self.order, &self.tags)
+            .transaction(|(items, order, tags)| f(items, order, tags))
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => err(e),
+            })
+    }
+}
+
+fn abort(e: StorageError) -> ConflictableTransactionError<StorageError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+impl Storage for SledStore {
+    fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
+        match self.items.get(key).map_err(err)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?.value)),
+            None => Ok(None),
+        }
+    }
+
+    /// A rewrite keeps the key's age; `setItem` (no tag) keeps an existing tag.
+    fn set(&self, key: &str, value: &str, tag: Option<&str>) -> Result<(), StorageError> {
+        let seq = self.db.generate_id().map_err(err)?;
+        self.transact(|items, order, tags| {
+            let old = items.get(key)?.map(|b| decode(&b)).transpose().map_err(abort)?;
+            let (seq, old_tag) = match &old {
+                Some(item) => (item.seq, item.tag.clone()),
+                None => (seq, None),
+            };
+            let tag = tag.map(str::to_string).or(old_tag.clone());
+            if old_tag != tag {
+                if let Some(t) = &old_tag {
+                    tags.remove(tag_key(t, seq))?;
+                }
+            }
+            if let Some(t) = &tag {
+                tags.insert(tag_key(t, seq), key.as_bytes())?;
+            }
+            order.insert(&seq.to_be_bytes(), key.as_bytes())?;
+            let item = Item { seq, tag, value: value.to_string() };
+            items.insert(key.as_bytes(), encode(&item))?;
+            Ok(())
+        })
+    }
+
+    fn remove(&self, key: &str) -> Result<(), StorageError> {
+        self.transact(|items, order, tags| {
+            if let Some(bytes) = items.remove(key.as_bytes())? {
+                let item = decode(&bytes).map_err(abort)?;
+                order.remove(&item.seq.to_be_bytes())?;
+                if let Some(t) = &item.tag {
+                    tags.remove(tag_key(t, item.seq))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn items(&self, tag: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
+        let keys = match tag {
+            None => self.order.iter(),
+            Some(t) => self.tags.scan_prefix(tag_prefix(t)),
+        };
+        let mut out = Vec::new();
+        for entry in keys {
+            let (_, key) = entry.map_err(err)?;
+            if let Some(bytes) = self.items.get(&key).map_err(err)? {
+                out.push((text(&key), decode(&bytes)?.value));
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_by_tag(&self, tag: &str) -> Result<usize, StorageError> {
+        let keys: Vec<String> = self.items(Some(tag))?.into_iter().map(|(k, _)| k).collect();
+        for key in &keys {
+            self.remove(key)?;
+        }
+        Ok(keys.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn items_come_oldest_first_and_rewrites_keep_their_age() {
+        let (_d, s) = store();
+        s.set("b", "1", None).unwrap();
+        s.set("a", "2", None).unwrap();
+        s.set("b", "3", None).unwrap();
+        assert_eq!(s.items(None).unwrap(), vec![("b".into(), "3".into()), ("a".into(), "2".into())]);
+    }
+
+    #[test]
+    fn tags_index_and_remove_by_tag() {
+        let (_d, s) = store();
+        s.set("u1", "x", Some("users")).unwrap();
+        s.set("n1", "y", None).unwrap();
+        s.set("u2", "z", Some("users")).unwrap();
+        s.set("u2", "z2", None).unwrap();
+        assert_eq!(s.items(Some("users")).unwrap().len(), 2);
+        s.set("u1", "x", Some("admins")).unwrap();
+        assert_eq!(s.items(Some("users")).unwrap(), vec![("u2".into(), "z2".into())]);
+        assert_eq!(s.remove_by_tag("users").unwrap(), 1);
+        assert_eq!(s.get("u2").unwrap(), None);
+        assert_eq!(s.get("n1").unwrap(), Some("y".into()));
+        s.remove("u1").unwrap();
+        assert!(s.items(Some("admins")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn data_survives_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.set("k2", "v2", None).unwrap();
+            s.set("k1", "v1", None).unwrap();
+            s.flush_if_dirty().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.items(None).unwrap(), vec![("k2".into(), "v2".into()), ("k1".into(), "v1".into())]);
+    }
+}

@@ -1,0 +1,414 @@
+//! The host side of one container's worker process: spawn, framed IPC, deadlines,
+//! kill and warm restart.
+//!
+//! A worker owns nothing the host needs to keep: every socket lives in the host, so a
+//! worker that hangs, grows too big or crashes is killed and replaced while sessions
+//! and other containers carry on.
+
+mod spawn;
+
+use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
+use bytes::Bytes;
+use mimhost_bindings::{HttpRequest, MimSpec};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Limits every worker of this host runs under.
+#[derive(Debug, Clone)]
+pub struct WorkerLimits {
+    /// How long one invocation may run before its worker is killed.
+    pub handler_timeout: Duration,
+    /// Resident memory a worker may reach before it is stopped.
+    pub memory_bytes: u64,
+}
+
+/// Where a worker's output goes besides HTTP answers.
+pub trait WorkerEvents: Send + Sync + 'static {
+    /// Frames `context.dispatchWebSocketEvent` sent to the container's dispatch channel.
+    fn on_dispatch(&self, container: &str, frames: Vec<String>);
+}
+
+/// One piece of an HTTP answer coming back from a worker.
+#[derive(Debug)]
+pub enum HttpPart {
+    /// A streamed answer begins.
+    Start {
+        /// Status code.
+        status: u16,
+        /// Headers.
+        headers: Vec<(String, String)>,
+    },
+    /// A chunk of a streamed answer.
+    Chunk(Bytes),
+    /// The streamed answer is complete.
+    End,
+    /// A complete answer.
+    Full {
+        /// Status code.
+        status: u16,
+        /// Headers.
+        headers: Vec<(String, String)>,
+        /// Body.
+        body: Bytes,
+    },
+    /// The worker went away before answering.
+    Failed {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Why an invocation could not even be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// No worker became ready before the deadline.
+    #[error("the container's worker is not ready (restarting)")]
+    NotReady,
+    /// The container was stopped.
+    #[error("the container is stopped")]
+    Stopped,
+}
+
+/// An invocation in flight: its answer parts and the worker generation running it.
+pub struct Invocation {
+    /// Answer parts, in order.
+    pub parts: mpsc::UnboundedReceiver<HttpPart>,
+    /// Which worker process runs it (for [`Supervisor::kill_runaway`]).
+    pub generation: u64,
+}
+
+/// One running worker process.
+struct Live {
+    generation: u64,
+    pid: u32,
+    to_worker: mpsc::UnboundedSender<ToWorker>,
+    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<HttpPart>>>,
+    load_reply: Mutex<Option<oneshot::Sender<Option<String>>>>,
+    kill_reason: Mutex<Option<String>>,
+}
+
+/// Supervises the worker process of one container.
+pub struct Supervisor {
+    name: String,
+    spec: Mutex<MimSpec>,
+    store_dir: PathBuf,
+    limits: WorkerLimits,
+    events: Arc<dyn WorkerEvents>,
+    live: Mutex<Option<Arc<Live>>>,
+    ready: Notify,
+    next_id: AtomicU64,
+    generations: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl Supervisor {
+    /// Starts a worker for `spec`; fails with the load error (file, line, column) when
+    /// the code does not load, leaving nothing running.
+    pub async fn start(
+        spec: MimSpec,
+        store_dir: PathBuf,
+        limits: WorkerLimits,
+        events: Arc<dyn WorkerEvents>,
+    ) -> Result<Arc<Self>, String> {
+        let sup = Arc::new(Self {
+            name: spec.name.clone(),
+            spec: Mutex::new(spec),
+            store_dir,
+            limits,
+            events,
+            live: Mutex::new(None),
+            ready: Notify::new(),
+            next_id: AtomicU64::new(1),
+            generations: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        sup.spawn_worker().await?;
+        Ok(sup)
+    }
+
+    /// The container name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The code and env the worker runs.
+    pub fn spec(&self) -> MimSpec {
+        lock(&self.spec).clone()
+    }
+
+    fn current(&self) -> Option<Arc<Live>> {
+        lock(&self.live).clone()
+    }
+
+    /// Spawns a worker, loads the code and makes it the live one. (Boxed: the reader
+    /// task it starts may call it again to restart, which a plain async fn cannot.)
+    fn spawn_worker(self: &Arc<Self>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.spawn_worker_inner())
+    }
+
+    async fn spawn_worker_inner(self: &Arc<Self>) -> Result<(), String> {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let (child, stream) = spawn::worker_process(self.limits.memory_bytes)
+            .map_err(|e| format!("cannot start a worker process: {e}"))?;
+        let pid = child.id().unwrap_or(0);
+        let (read, write) = stream.into_split();
+        let (to_worker, rx) = mpsc::unbounded_channel();
+        let (load_tx, load_rx) = oneshot::channel();
+        let live = Arc::new(Live {
+            generation,
+            pid,
+            to_worker,
+            pending: Mutex::new(HashMap::new()),
+            load_reply: Mutex::new(Some(load_tx)),
+            kill_reason: Mutex::new(None),
+        });
+        tokio::spawn(write_frames(write, rx));
+        tokio::spawn(self.clone().read_frames(read, live.clone(), child));
+        let spec = self.spec();
+        let _ = live.to_worker.send(ToWorker::Load { spec, store_dir: self.store_dir.clone() });
+        let loaded = tokio::time::timeout(self.limits.handler_timeout, load_rx).await;
+        let error = match loaded {
+            Ok(Ok(None)) => None,
+            Ok(Ok(Some(e))) => Some(e),
+            Ok(Err(_)) => Some("the worker exited while loading the code".to_string()),
+            Err(_) => Some(format!(
+                "loading the code took longer than the handler timeout ({:?})",
+                self.limits.handler_timeout
+            )),
+        };
+        if let Some(e) = error {
+            kill(&live, "its code did not load");
+            return Err(e);
+        }
+        *lock(&self.live) = Some(live);
+        self.ready.notify_waiters();
+        Ok(())
+    }
+
+    /// Reads the worker's frames until it exits, then fails what it left unanswered
+    /// and starts a replacement.
+    async fn read_frames(
+        self: Arc<Self>,
+        mut read: OwnedReadHalf,
+        live: Arc<Live>,
+        mut child: tokio::process::Child,
+    ) {
+        let mut buffer = Vec::with_capacity(64 * 1024);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buffer.extend_from_slice(&chunk[..n]);
+            match decode_frames::<FromWorker>(&mut buffer) {
+                Ok(messages) => messages.into_iter().for_each(|m| self.route(&live, m)),
+                Err(e) => {
+                    tracing::error!(container = %self.name, "bad frame from worker: {e}");
+                    kill(&live, "it sent a malformed frame");
+                    break;
+                }
+            }
+        }
+        let status = child.wait().await;
+        let reason = lock(&live.kill_reason).clone().unwrap_or_else(|| match status {
+            Ok(s) if s.code() == Some(crate::worker::EXIT_MEMORY) => {
+                format!("it used more than --mim-memory ({} MiB)", self.limits.memory_bytes >> 20)
+            }
+            Ok(s) => format!("it exited ({s})"),
+            Err(e) => format!("it could not be waited for ({e})"),
+        });
+        self.worker_gone(&live, &reason).await;
+    }
+
+    /// Hands one frame from the worker to whoever waits for it.
+    fn route(&self, live: &Live, message: FromWorker) {
+        let part = match message {
+            FromWorker::Loaded { error } => {
+                if let Some(reply) = lock(&live.load_reply).take() {
+                    let _ = reply.send(error);
+                }
+                return;
+            }
+            FromWorker::Dispatch { frames } => return self.events.on_dispatch(&self.name, frames),
+            FromWorker::Log { level, message } => return log_line(&self.name, level, &message),
+            FromWorker::HttpStart { id, status, headers } => (id, HttpPart::Start { status, headers }, false),
+            FromWorker::HttpChunk { id, chunk } => (id, HttpPart::Chunk(Bytes::from(chunk)), false),
+            FromWorker::HttpEnd { id } => (id, HttpPart::End, true),
+            FromWorker::HttpFull { id, status, headers, body } => {
+                (id, HttpPart::Full { status, headers, body: Bytes::from(body) }, true)
+            }
+        };
+        let (id, part, last) = part;
+        let mut pending = lock(&live.pending);
+        if let Some(tx) = pending.get(&id) {
+            let _ = tx.send(part);
+        }
+        if last {
+            pending.remove(&id);
+        }
+    }
+
+    /// A worker exited: answer its leftovers and replace it (unless stopped).
+    async fn worker_gone(self: &Arc<Self>, live: &Arc<Live>, reason: &str) {
+        let was_current = {
+            let mut current = lock(&self.live);
+            let same = current.as_ref().is_some_and(|c| c.generation == live.generation);
+            if same {
+                *current = None;
+            }
+            same
+        };
+        let message = format!("the worker of {} stopped before answering: {reason}", self.name);
+        for (_, tx) in lock(&live.pending).drain() {
+            let _ = tx.send(HttpPart::Failed { message: message.clone() });
+        }
+        if !was_current || self.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(container = %self.name, "worker restarted: {reason}");
+        let mut backoff = Duration::from_millis(100);
+        while !self.stopped.load(Ordering::Relaxed) {
+            match self.spawn_worker().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(container = %self.name, "worker restart failed: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Waits (until `deadline`) for a live worker.
+    async fn live_before(&self, deadline: Instant) -> Result<Arc<Live>, InvokeError> {
+        loop {
+            if self.stopped.load(Ordering::Relaxed) {
+                return Err(InvokeError::Stopped);
+            }
+            let notified = self.ready.notified();
+            if let Some(live) = self.current() {
+                return Ok(live);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(InvokeError::NotReady);
+            }
+        }
+    }
+
+    /// Sends an HTTP request to the worker; the answer arrives on the returned channel.
+    pub async fn http(&self, request: HttpRequest, deadline: Instant) -> Result<Invocation, InvokeError> {
+        let live = self.live_before(deadline).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, parts) = mpsc::unbounded_channel();
+        lock(&live.pending).insert(id, tx);
+        if live.to_worker.send(ToWorker::Http { id, request }).is_err() {
+            lock(&live.pending).remove(&id);
+            return Err(InvokeError::NotReady);
+        }
+        Ok(Invocation { parts, generation: live.generation })
+    }
+
+    /// Kills worker `generation` (if it still runs) because an invocation overran.
+    pub fn kill_runaway(&self, generation: u64) {
+        if let Some(live) = self.current().filter(|l| l.generation == generation) {
+            let reason = format!("an invocation ran past the handler timeout ({:?})", self.limits.handler_timeout);
+            kill(&live, &reason);
+        }
+    }
+
+    /// Hot swaps the worker to new code or env; a failed load keeps the old code.
+    pub async fn reload(&self, spec: MimSpec) -> Result<(), String> {
+        let deadline = Instant::now() + self.limits.handler_timeout;
+        let live = self.live_before(deadline).await.map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel();
+        *lock(&live.load_reply) = Some(tx);
+        let message = ToWorker::Load { spec: spec.clone(), store_dir: self.store_dir.clone() };
+        live.to_worker.send(message).map_err(|_| "the worker is gone".to_string())?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(None)) => {
+                *lock(&self.spec) = spec;
+                Ok(())
+            }
+            Ok(Ok(Some(e))) => Err(e),
+            Ok(Err(_)) => Err("the worker exited while loading the new code".into()),
+            Err(_) => {
+                kill(&live, "loading new code overran the handler timeout");
+                Err("loading the new code took longer than the handler timeout".into())
+            }
+        }
+    }
+
+    /// Stops the worker: it flushes its store and exits (killed if it does not, soon).
+    pub async fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.ready.notify_waiters();
+        let Some(live) = lock(&self.live).take() else { return };
+        let _ = live.to_worker.send(ToWorker::Shutdown);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(live.pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if process_alive(live.pid) {
+            kill(&live, "it did not stop in time");
+        }
+    }
+
+    /// The live worker's process id, if any (for tests and metrics).
+    pub fn worker_pid(&self) -> Option<u32> {
+        self.current().map(|l| l.pid)
+    }
+}
+
+/// Locks a mutex, shrugging off poisoning (no lock here guards a multi-step invariant).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn kill(live: &Live, reason: &str) {
+    lock(&live.kill_reason).get_or_insert_with(|| reason.to_string());
+    if live.pid != 0 {
+        // SAFETY: plain syscall on a pid we spawned and have not reaped yet.
+        unsafe { libc::kill(live.pid as i32, libc::SIGKILL) };
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A reaped or absent process leaves no /proc entry; a zombie has state Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// Drains the outgoing queue, batching everything queued into one write.
+async fn write_frames(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<ToWorker>) {
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    while let Some(message) = rx.recv().await {
+        buffer.clear();
+        encode_into(&message, &mut buffer);
+        while let Ok(more) = rx.try_recv() {
+            encode_into(&more, &mut buffer);
+        }
+        if write.write_all(&buffer).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn log_line(container: &str, level: u8, message: &str) {
+    match level {
+        0 => tracing::debug!(container, "{message}"),
+        1 => tracing::info!(container, "{message}"),
+        2 => tracing::warn!(container, "{message}"),
+        _ => tracing::error!(container, "{message}"),
+    }
+}
