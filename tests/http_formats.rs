@@ -97,7 +97,10 @@ async fn route_style_request_shape() {
     assert_eq!(request["method"], "GET");
     assert_eq!(request["url"], "/users/42?page=1");
     let path = request["path"].as_str().expect("path is a string");
-    assert!(path.ends_with("/users/42") && !path.contains('?'), "path {path}");
+    assert!(
+        path.ends_with("/users/42") && !path.contains('?'),
+        "path {path}"
+    );
     assert_eq!(request["params"]["id"], "42");
     assert_query_has(&request["query"], "page", "1");
     assert_eq!(request["headers"]["x-custom-header"], "Mixed");
@@ -107,8 +110,15 @@ async fn route_style_request_shape() {
         "header keys not lower case: {headers:?}"
     );
     let authorization = request["authorization"].as_str().unwrap_or_default();
-    assert!(authorization.contains("secret-abc"), "authorization {authorization:?}");
-    assert!(request["body"].is_string(), "body of a GET: {}", request["body"]);
+    assert!(
+        authorization.contains("secret-abc"),
+        "authorization {authorization:?}"
+    );
+    assert!(
+        request["body"].is_string(),
+        "body of a GET: {}",
+        request["body"]
+    );
 
     let reply = send(
         host.request(Method::POST, "/routes/users/7/notes")
@@ -121,7 +131,10 @@ async fn route_style_request_shape() {
     assert_eq!(request["method"], "POST");
     assert_eq!(request["url"], "/users/7/notes");
     assert_eq!(request["params"]["id"], "7");
-    assert_eq!(request["body"], r#"{"note":"hi"}"#, "body must be the raw string");
+    assert_eq!(
+        request["body"], r#"{"note":"hi"}"#,
+        "body must be the raw string"
+    );
     assert_eq!(request["headers"]["content-type"], "application/json");
 }
 
@@ -134,7 +147,9 @@ async fn route_style_methods_wildcard_context_and_unknown_route() {
         (Method::PATCH, "patch"),
         (Method::DELETE, "delete"),
     ] {
-        send(host.request(method, "/routes/verb")).await.assert_ok(body);
+        send(host.request(method, "/routes/verb"))
+            .await
+            .assert_ok(body);
     }
     host.get("/routes/any").await.assert_ok("all:GET");
     send(host.request(Method::PATCH, "/routes/any"))
@@ -330,13 +345,25 @@ async fn base_paths_single_file_override_and_longest_match() {
         format!("mimikModule.exports = (c, request, response) => response.end('{name}:' + request.url);")
     };
     let (_mims, host) = host_with(&[
-        ("solo.js", "app.get('/hi', (request, response) => response.end('solo'));"),
+        (
+            "solo.js",
+            "app.get('/hi', (request, response) => response.end('solo'));",
+        ),
         ("api/index.js", &echo("api")),
-        ("api/mim.json", &mim_json(&[("MCM.BASE_API_PATH", "/my-mim/v1")])),
+        (
+            "api/mim.json",
+            &mim_json(&[("MCM.BASE_API_PATH", "/my-mim/v1")]),
+        ),
         ("outer/index.js", &echo("outer")),
-        ("outer/mim.json", &mim_json(&[("MCM.BASE_API_PATH", "/shared")])),
+        (
+            "outer/mim.json",
+            &mim_json(&[("MCM.BASE_API_PATH", "/shared")]),
+        ),
         ("inner/index.js", &echo("inner")),
-        ("inner/mim.json", &mim_json(&[("MCM.BASE_API_PATH", "/shared/deep")])),
+        (
+            "inner/mim.json",
+            &mim_json(&[("MCM.BASE_API_PATH", "/shared/deep")]),
+        ),
     ])
     .await;
 
@@ -389,8 +416,12 @@ async fn body_over_max_body_is_413() {
     );
     let host = Host::start_with(&mims.path(), &["--max-body", "1024"]).await;
 
-    host.post("/size/", "x".repeat(1024)).await.assert_ok("1024");
-    host.post("/size/", "x".repeat(1025)).await.assert_error(413);
+    host.post("/size/", "x".repeat(1024))
+        .await
+        .assert_ok("1024");
+    host.post("/size/", "x".repeat(1025))
+        .await
+        .assert_error(413);
     host.post("/size/", "x".repeat(10)).await.assert_ok("10");
 }
 
@@ -414,9 +445,7 @@ async fn default_body_limit_is_10_mib() {
 /// status code. The body is written concurrently and write errors are
 /// ignored, so a host that answers 413 and closes early is read correctly.
 async fn raw_post_status(addr: &str, path: &str, len: usize) -> u16 {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect");
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut reader, mut writer) = stream.into_split();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\n\
@@ -481,9 +510,17 @@ app.get('/many', (request, response) => {
         .to_str()
         .unwrap()
         .starts_with("text/plain"));
-    let first = response.chunk().await.expect("read").expect("a first chunk");
+    let first = response
+        .chunk()
+        .await
+        .expect("read")
+        .expect("a first chunk");
     let first_at = Instant::now();
-    assert_eq!(&first[..], b"a", "the first chunk must be the write() alone");
+    assert_eq!(
+        &first[..],
+        b"a",
+        "the first chunk must be the write() alone"
+    );
     let mut rest = Vec::new();
     while let Some(chunk) = response.chunk().await.expect("read") {
         rest.extend_from_slice(&chunk);
@@ -531,8 +568,11 @@ exports.get = async () => {
   return { body: { done: true, n: 2 } };
 };
 "#;
-    let (_mims, host) =
-        host_with(&[("timers/index.js", routes), ("asyncctl/index.js", controller)]).await;
+    let (_mims, host) = host_with(&[
+        ("timers/index.js", routes),
+        ("asyncctl/index.js", controller),
+    ])
+    .await;
 
     for (path, body) in [
         ("/timers/timeout", "timer"),

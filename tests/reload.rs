@@ -101,7 +101,11 @@ async fn new_mims_start_serving() {
 
 #[test]
 fn has_position_needs_line_and_column() {
-    assert!(has_position("error at /x/mims/live/index.js:3:21: unexpected", "index.js", 3));
+    assert!(has_position(
+        "error at /x/mims/live/index.js:3:21: unexpected",
+        "index.js",
+        3
+    ));
     assert!(!has_position("index.js:3: unexpected", "index.js", 3));
     assert!(!has_position("index.js:13:2", "index.js", 3));
 }

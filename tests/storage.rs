@@ -119,17 +119,29 @@ async fn get_set_overwrite_and_remove() {
 
     assert_eq!(get_item(&host, "store", "greeting").await, None);
     set_item(&host, "store", "greeting", "hello").await;
-    assert_eq!(get_item(&host, "store", "greeting").await.as_deref(), Some("hello"));
+    assert_eq!(
+        get_item(&host, "store", "greeting").await.as_deref(),
+        Some("hello")
+    );
     set_item(&host, "store", "greeting", "bonjour").await;
-    assert_eq!(get_item(&host, "store", "greeting").await.as_deref(), Some("bonjour"));
+    assert_eq!(
+        get_item(&host, "store", "greeting").await.as_deref(),
+        Some("bonjour")
+    );
     set_item(&host, "store", "number", "42").await;
-    assert_eq!(get_item(&host, "store", "number").await.as_deref(), Some("42"));
+    assert_eq!(
+        get_item(&host, "store", "number").await.as_deref(),
+        Some("42")
+    );
     set_item(&host, "store", "empty", "").await;
     assert_eq!(get_item(&host, "store", "empty").await.as_deref(), Some(""));
 
     delete(&host, "/store/item/greeting").await;
     assert_eq!(get_item(&host, "store", "greeting").await, None);
-    assert_eq!(get_item(&host, "store", "number").await.as_deref(), Some("42"));
+    assert_eq!(
+        get_item(&host, "store", "number").await.as_deref(),
+        Some("42")
+    );
     delete(&host, "/store/item/never-set").await;
 }
 
@@ -174,13 +186,24 @@ async fn tags_group_items_for_iteration_and_removal() {
         json!([["r1", "one"]])
     );
     assert_eq!(get_json(&host, "/store/tagged/none").await, json!([]));
-    assert_eq!(get_item(&host, "store", "r2").await.as_deref(), Some("four"));
+    assert_eq!(
+        get_item(&host, "store", "r2").await.as_deref(),
+        Some("four")
+    );
     assert_eq!(
         get_json(&host, "/store/items").await,
-        json!([["r1", "one"], ["b1", "two"], ["plain", "three"], ["r2", "four"]])
+        json!([
+            ["r1", "one"],
+            ["b1", "two"],
+            ["plain", "three"],
+            ["r2", "four"]
+        ])
     );
 
-    assert_eq!(delete(&host, "/store/tagged/red").await, json!({"removed": 2}));
+    assert_eq!(
+        delete(&host, "/store/tagged/red").await,
+        json!({"removed": 2})
+    );
     assert_eq!(get_json(&host, "/store/tagged/red").await, json!([]));
     assert_eq!(get_item(&host, "store", "r1").await, None);
     assert_eq!(get_item(&host, "store", "b1").await.as_deref(), Some("two"));
@@ -188,7 +211,10 @@ async fn tags_group_items_for_iteration_and_removal() {
         get_json(&host, "/store/items").await,
         json!([["b1", "two"], ["plain", "three"]])
     );
-    assert_eq!(delete(&host, "/store/tagged/red").await, json!({"removed": 0}));
+    assert_eq!(
+        delete(&host, "/store/tagged/red").await,
+        json!({"removed": 0})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -199,8 +225,14 @@ async fn each_container_has_its_own_store() {
     set_item(&host, "two", "shared", "from-two").await;
     set_tagged(&host, "one", "t", "tagged", "one-tagged").await;
 
-    assert_eq!(get_item(&host, "one", "shared").await.as_deref(), Some("from-one"));
-    assert_eq!(get_item(&host, "two", "shared").await.as_deref(), Some("from-two"));
+    assert_eq!(
+        get_item(&host, "one", "shared").await.as_deref(),
+        Some("from-one")
+    );
+    assert_eq!(
+        get_item(&host, "two", "shared").await.as_deref(),
+        Some("from-two")
+    );
     assert_eq!(get_item(&host, "two", "tagged").await, None);
     assert_eq!(get_json(&host, "/two/tagged/t").await, json!([]));
     assert_eq!(delete(&host, "/two/tagged/t").await, json!({"removed": 0}));

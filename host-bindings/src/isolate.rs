@@ -234,6 +234,7 @@ pub(crate) fn describe(error: &JsError, root: &Path, ctx: &mut Context) -> Strin
         }
         Err(_) => error.to_string(),
     };
+    let text = text.replace(" (native)", "");
     let root = format!("{}/", root.display());
     if root.len() > 1 {
         text.replace(&root, "")

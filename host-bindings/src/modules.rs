@@ -102,7 +102,7 @@ pub(crate) fn compile_common_js(root: &Path, path: &Path, ctx: &mut Context) -> 
 /// relative to the mim's folder; `first_line_shift` undoes a prefix added on line 1.
 fn located_syntax_error(error: &JsError, root: &Path, path: &Path, first_line_shift: usize) -> JsError {
     let file = path.strip_prefix(root).unwrap_or(path).display().to_string();
-    let text = error.to_string();
+    let text = error.as_native().map_or_else(|| error.to_string(), |n| n.message().to_string());
     let message = text.strip_prefix("SyntaxError: ").unwrap_or(&text);
     let located = message.rsplit_once(" at line ").and_then(|(what, pos)| {
         let (line, col) = pos.split_once(", col ")?;

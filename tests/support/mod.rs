@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -76,7 +76,11 @@ impl Mims {
         let target = self.path().join(rel);
         std::fs::create_dir_all(target.parent().expect("a file path"))
             .unwrap_or_else(|e| panic!("create folder for {rel}: {e}"));
-        let staged = self.root.path().join("staging").join(rel.replace('/', "__"));
+        let staged = self
+            .root
+            .path()
+            .join("staging")
+            .join(rel.replace('/', "__"));
         std::fs::write(&staged, contents).unwrap_or_else(|e| panic!("stage {rel}: {e}"));
         std::fs::rename(&staged, &target).unwrap_or_else(|e| panic!("move {rel} in place: {e}"));
     }
@@ -186,9 +190,11 @@ impl Host {
 
     /// Waits until a stderr line contains `text` and returns that line.
     pub async fn wait_for_log(&self, text: &str, timeout: Duration) -> String {
-        self.wait_for_log_line(&format!("a log line containing {text:?}"), timeout, |line| {
-            line.contains(text)
-        })
+        self.wait_for_log_line(
+            &format!("a log line containing {text:?}"),
+            timeout,
+            |line| line.contains(text),
+        )
         .await
     }
 
@@ -201,7 +207,11 @@ impl Host {
         matches: impl Fn(&str) -> bool,
     ) -> String {
         let found = poll_until(timeout, || {
-            let line = self.stderr().lines().find(|l| matches(l)).map(str::to_owned);
+            let line = self
+                .stderr()
+                .lines()
+                .find(|l| matches(l))
+                .map(str::to_owned);
             async move { line }
         })
         .await;
@@ -259,16 +269,22 @@ impl HostProcess {
             stderr,
             killed: false,
         };
-        match tokio::time::timeout(READY_TIMEOUT, ready).await {
-            Ok(Ok(base)) => process.base = base,
-            Ok(Err(_)) => {
-                let status = process.child.wait().expect("wait for mimhost");
-                panic!(
-                    "mimhost exited ({status}) before listening; stderr:\n{}",
-                    process.stderr.lock().expect("stderr buffer")
-                );
-            }
-            Err(_) => panic!(
+        // Workers may inherit stdout, so its end is no sign of exit: watch both.
+        let outcome = poll_until(READY_TIMEOUT, || {
+            let outcome = match ready.get() {
+                Some(base) => Some(Ok(base.clone())),
+                None => process.child.try_wait().ok().flatten().map(Err),
+            };
+            async move { outcome }
+        })
+        .await;
+        match outcome {
+            Some(Ok(base)) => process.base = base,
+            Some(Err(status)) => panic!(
+                "mimhost exited ({status}) before listening; stderr:\n{}",
+                process.stderr.lock().expect("stderr buffer")
+            ),
+            None => panic!(
                 "mimhost printed no `listening on` line within {READY_TIMEOUT:?}; stderr:\n{}",
                 process.stderr.lock().expect("stderr buffer")
             ),
@@ -301,21 +317,19 @@ impl Drop for HostProcess {
     }
 }
 
-/// Drains `stdout` on a thread; the returned receiver gets the base URL from
-/// the first `listening on <url>` line, or an error if stdout closes first.
-fn announce_ready(stdout: impl Read + Send + 'static) -> tokio::sync::oneshot::Receiver<String> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
+/// Drains `stdout` on a thread; the returned cell gets the base URL from the
+/// first `listening on <url>` line.
+fn announce_ready(stdout: impl Read + Send + 'static) -> Arc<OnceLock<String>> {
+    let ready = Arc::new(OnceLock::new());
+    let cell = ready.clone();
     thread::spawn(move || {
-        let mut tx = Some(tx);
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(url) = line.trim().strip_prefix("listening on ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(url.trim_end_matches('/').to_string());
-                }
+                let _ = cell.set(url.trim_end_matches('/').to_string());
             }
         }
     });
-    rx
+    ready
 }
 
 /// Appends every line of `stream` to `buffer` on a thread, echoing it to the

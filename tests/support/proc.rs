@@ -81,7 +81,11 @@ pub fn worker_pids(host: i32) -> BTreeSet<i32> {
 pub async fn cpu_load(pids: &BTreeSet<i32>, window: Duration) -> BTreeMap<i32, f64> {
     let sample = || -> BTreeMap<i32, u64> {
         pids.iter()
-            .filter_map(|pid| stat(*pid).filter(|s| !s.zombie).map(|s| (*pid, s.cpu_ticks)))
+            .filter_map(|pid| {
+                stat(*pid)
+                    .filter(|s| !s.zombie)
+                    .map(|s| (*pid, s.cpu_ticks))
+            })
             .collect()
     };
     let before = sample();
