@@ -28,6 +28,11 @@ pub enum ToWorker {
         /// The request.
         request: HttpRequest,
     },
+    /// Are you responsive? Answered by [`FromWorker::Pong`] between two invocations.
+    Ping {
+        /// Echoed back.
+        id: u64,
+    },
     /// Flush the store and exit.
     Shutdown,
 }
@@ -76,6 +81,11 @@ pub enum FromWorker {
     Dispatch {
         /// The encoded frames, in order.
         frames: Vec<String>,
+    },
+    /// Answer to [`ToWorker::Ping`].
+    Pong {
+        /// The ping's id.
+        id: u64,
     },
     /// A log line of the mim.
     Log {

@@ -136,7 +136,7 @@ async fn answer(container: Arc<Container>, mut invocation: Invocation, deadline:
         Ok(Some(part)) => part,
         Ok(None) => return json_error(500, "the worker dropped the request"),
         Err(_) => {
-            container.supervisor.kill_runaway(invocation.generation);
+            overran(&container, &invocation);
             return json_error(504, &format!("{} did not answer within the handler timeout", container.name));
         }
     };
@@ -174,7 +174,7 @@ async fn stream_chunks(
             }
             Ok(Some(_)) | Ok(None) => return,
             Err(_) => {
-                container.supervisor.kill_runaway(invocation.generation);
+                overran(&container, &invocation);
                 let _ = tx.send(Err(std::io::Error::other("handler timeout while streaming"))).await;
                 return;
             }
@@ -185,6 +185,13 @@ async fn stream_chunks(
 /// A stream over an mpsc receiver.
 fn tokio_stream_from<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+/// Lets the supervisor deal with an overrun invocation without delaying the answer.
+fn overran(container: &Arc<Container>, invocation: &Invocation) {
+    let supervisor = container.supervisor.clone();
+    let (id, generation) = (invocation.id, invocation.generation);
+    tokio::spawn(async move { supervisor.overran(id, generation).await });
 }
 
 fn respond(status: u16, headers: &[(String, String)], body: Body) -> Response<Body> {

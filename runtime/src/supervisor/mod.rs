@@ -20,6 +20,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
+/// How long a worker has to answer a ping before it counts as stuck.
+const PING_GRACE: Duration = Duration::from_millis(300);
+
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Limits every worker of this host runs under.
@@ -82,7 +85,9 @@ pub enum InvokeError {
 pub struct Invocation {
     /// Answer parts, in order.
     pub parts: mpsc::UnboundedReceiver<HttpPart>,
-    /// Which worker process runs it (for [`Supervisor::kill_runaway`]).
+    /// Request id within the worker.
+    pub id: u64,
+    /// Which worker process runs it (for [`Supervisor::overran`]).
     pub generation: u64,
 }
 
@@ -93,6 +98,7 @@ struct Live {
     to_worker: mpsc::UnboundedSender<ToWorker>,
     pending: Mutex<HashMap<u64, mpsc::UnboundedSender<HttpPart>>>,
     load_reply: Mutex<Option<oneshot::Sender<Option<String>>>>,
+    pongs: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     kill_reason: Mutex<Option<String>>,
 }
 
@@ -169,6 +175,7 @@ impl Supervisor {
             to_worker,
             pending: Mutex::new(HashMap::new()),
             load_reply: Mutex::new(Some(load_tx)),
+            pongs: Mutex::new(HashMap::new()),
             kill_reason: Mutex::new(None),
         });
         tokio::spawn(write_frames(write, rx));
@@ -236,6 +243,12 @@ impl Supervisor {
             FromWorker::Loaded { error } => {
                 if let Some(reply) = lock(&live.load_reply).take() {
                     let _ = reply.send(error);
+                }
+                return;
+            }
+            FromWorker::Pong { id } => {
+                if let Some(tx) = lock(&live.pongs).remove(&id) {
+                    let _ = tx.send(());
                 }
                 return;
             }
@@ -315,12 +328,23 @@ impl Supervisor {
             lock(&live.pending).remove(&id);
             return Err(InvokeError::NotReady);
         }
-        Ok(Invocation { parts, generation: live.generation })
+        Ok(Invocation { parts, id, generation: live.generation })
     }
 
-    /// Kills worker `generation` (if it still runs) because an invocation overran.
-    pub fn kill_runaway(&self, generation: u64) {
-        if let Some(live) = self.current().filter(|l| l.generation == generation) {
+    /// An invocation ran past its deadline: forget it, and if the worker does not
+    /// answer a ping at once (it is stuck in a loop) kill it; a worker that merely has
+    /// a handler that never ended keeps running.
+    pub async fn overran(&self, id: u64, generation: u64) {
+        let Some(live) = self.current().filter(|l| l.generation == generation) else {
+            return;
+        };
+        lock(&live.pending).remove(&id);
+        let ping = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&live.pongs).insert(ping, tx);
+        let _ = live.to_worker.send(ToWorker::Ping { id: ping });
+        if tokio::time::timeout(PING_GRACE, rx).await.is_err() {
+            lock(&live.pongs).remove(&ping);
             let reason = format!("an invocation ran past the handler timeout ({:?})", self.limits.handler_timeout);
             kill(&live, &reason);
         }

@@ -100,6 +100,11 @@ fn serve(mut stream: UnixStream) -> i32 {
                         let h = host.get_or_insert_with(|| Rc::new(WorkerHost::new(&store_dir)));
                         load(h, spec, &mut loaded);
                     }
+                    ToWorker::Ping { id } => {
+                        if let Some(h) = &host {
+                            h.send(&FromWorker::Pong { id });
+                        }
+                    }
                     ToWorker::Http { id, request } => {
                         if let Some(h) = &host {
                             handle_http(h, &mut loaded, id, &request);
