@@ -1,5 +1,6 @@
 //! The one narrow interface between a mim's JavaScript and the host process.
 
+use crate::ws::{WsAnswer, WsOp, WsQuery};
 use std::fmt;
 
 /// Severity of a line a mim writes with `console.*` or `log.*`.
@@ -67,6 +68,12 @@ pub trait HostApi {
     fn http_full(&self, request: u64, status: u16, headers: Vec<(String, String)>, body: String);
     /// Sends already-encoded text frames to every session of the dispatch channel, in order.
     fn dispatch(&self, frames: Vec<String>);
+    /// Accepts a WebSocket upgrade: `get()` returned `{webSocket: {data, subProtocols}}`.
+    fn ws_accept(&self, request: u64, data: String, protocols: Vec<String>);
+    /// A one-way WebSocket operation (reply, send, groups, close, ...), kept in order.
+    fn ws(&self, op: WsOp);
+    /// A WebSocket question whose answer the mim waits for.
+    fn ws_query(&self, query: WsQuery) -> WsAnswer;
     /// A log line from the mim.
     fn log(&self, level: LogLevel, message: &str);
     /// The container's store.

@@ -4,10 +4,9 @@ use crate::host_api::{HostApi, LogLevel};
 use crate::modules::{looks_like_es_module, read_mim_file, MimModuleLoader};
 use crate::natives::{host_object, Bindings};
 use crate::request::HttpRequest;
+use crate::ws::WsEvent;
 use boa_engine::builtins::promise::PromiseState;
-use boa_engine::{
-    js_string, Context, JsError, JsObject, JsResult, JsString, JsValue, Source,
-};
+use boa_engine::{js_string, Context, JsError, JsObject, JsResult, JsString, JsValue, Source};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -57,6 +56,7 @@ pub struct Isolate {
     host: Rc<dyn HostApi>,
     name: String,
     handle_http: JsObject,
+    handle_ws: JsObject,
     run_timers: JsObject,
 }
 
@@ -64,14 +64,19 @@ impl Isolate {
     /// Builds a fresh context, runs the prelude and the mim's entry file.
     pub fn load(spec: &MimSpec, host: Rc<dyn HostApi>) -> Result<Self, LoadError> {
         let root = spec.root.canonicalize().map_err(|e| {
-            LoadError(format!("cannot open mim folder {}: {e}", spec.root.display()))
+            LoadError(format!(
+                "cannot open mim folder {}: {e}",
+                spec.root.display()
+            ))
         })?;
         let loader = Rc::new(MimModuleLoader::new(root.clone()));
         let mut context = Context::builder()
             .module_loader(loader.clone())
             .build()
             .map_err(|e| LoadError(format!("cannot create a JavaScript context: {e}")))?;
-        context.runtime_limits_mut().set_recursion_limit(RECURSION_LIMIT);
+        context
+            .runtime_limits_mut()
+            .set_recursion_limit(RECURSION_LIMIT);
         context.insert_data(Bindings {
             host: host.clone(),
             root: root.clone(),
@@ -94,14 +99,22 @@ impl Isolate {
                 .ok_or_else(|| LoadError(format!("prelude lacks {name}")))
         };
         let handle_http = function("handleHttp", &mut context)?;
+        let handle_ws = function("handleWs", &mut context)?;
         let run_timers = function("runTimers", &mut context)?;
-        Ok(Self { context, host, name: spec.name.clone(), handle_http, run_timers })
+        Ok(Self {
+            context,
+            host,
+            name: spec.name.clone(),
+            handle_http,
+            handle_ws,
+            run_timers,
+        })
     }
 
     /// Runs one HTTP request; the answer reaches the host through [`HostApi`].
     pub fn handle_http(&mut self, id: u64, request: &HttpRequest) {
         let result = serde_json::to_value(request)
-            .map_err(|e| JsError::from_rust(e))
+            .map_err(JsError::from_rust)
             .and_then(|json| JsValue::from_json(&json, &mut self.context))
             .and_then(|req| {
                 self.handle_http.call(
@@ -112,10 +125,34 @@ impl Isolate {
             });
         if let Err(e) = result {
             let message = describe(&e, Path::new(""), &mut self.context);
-            self.host.log(LogLevel::Error, &format!("{} request failed: {message}", self.name));
-            let body = serde_json::json!({"error": {"status": 500, "message": message}}).to_string();
+            self.host.log(
+                LogLevel::Error,
+                &format!("{} request failed: {message}", self.name),
+            );
+            let body =
+                serde_json::json!({"error": {"status": 500, "message": message}}).to_string();
             let headers = vec![("content-type".to_string(), "application/json".to_string())];
             self.host.http_full(id, 500, headers, body);
+        }
+        self.run_jobs();
+    }
+
+    /// Delivers one session event to `webSocketEvent` (and keeps the isolate's view of
+    /// the container's open sessions current).
+    pub fn handle_ws(&mut self, event: &WsEvent) {
+        let result = serde_json::to_value(event)
+            .map_err(JsError::from_rust)
+            .and_then(|json| JsValue::from_json(&json, &mut self.context))
+            .and_then(|ev| {
+                self.handle_ws
+                    .call(&JsValue::undefined(), &[ev], &mut self.context)
+            });
+        if let Err(e) = result {
+            let message = describe(&e, Path::new(""), &mut self.context);
+            self.host.log(
+                LogLevel::Error,
+                &format!("{} websocket event failed: {message}", self.name),
+            );
         }
         self.run_jobs();
     }
@@ -136,14 +173,16 @@ impl Isolate {
     fn run_jobs(&mut self) {
         if let Err(e) = self.context.run_jobs() {
             let message = describe(&e, Path::new(""), &mut self.context);
-            self.host.log(LogLevel::Error, &format!("{}: {message}", self.name));
+            self.host
+                .log(LogLevel::Error, &format!("{}: {message}", self.name));
         }
     }
 }
 
 /// Evaluates the prelude and calls it with `__host` and the `mim` description.
 fn run_prelude(spec: &MimSpec, root: &Path, ctx: &mut Context) -> JsResult<JsObject> {
-    let prelude = ctx.eval(Source::from_bytes(PRELUDE.as_bytes()).with_path(Path::new("mimhost:prelude.js")))?;
+    let prelude = ctx
+        .eval(Source::from_bytes(PRELUDE.as_bytes()).with_path(Path::new("mimhost:prelude.js")))?;
     let info = serde_json::json!({
         "name": spec.name,
         "env": spec.env,
@@ -158,7 +197,9 @@ fn run_prelude(spec: &MimSpec, root: &Path, ctx: &mut Context) -> JsResult<JsObj
     if let Some(f) = prelude.as_callable() {
         f.call(&JsValue::undefined(), &[host.into(), mim.clone()], ctx)?;
     }
-    let mim = mim.as_object().expect("from_json of an object is an object");
+    let mim = mim
+        .as_object()
+        .expect("from_json of an object is an object");
     let require = ctx
         .global_object()
         .get(js_string!("__mimhost"), ctx)?
@@ -166,10 +207,17 @@ fn run_prelude(spec: &MimSpec, root: &Path, ctx: &mut Context) -> JsResult<JsObj
         .map(|m| m.get(js_string!("makeRequire"), ctx))
         .transpose()?
         .and_then(|f| f.as_callable())
-        .map(|f| f.call(&JsValue::undefined(), &[JsString::from(root.to_string_lossy().as_ref()).into()], ctx))
+        .map(|f| {
+            f.call(
+                &JsValue::undefined(),
+                &[JsString::from(root.to_string_lossy().as_ref()).into()],
+                ctx,
+            )
+        })
         .transpose()?;
     if let Some(require) = require {
-        ctx.global_object().set(js_string!("require"), require, false, ctx)?;
+        ctx.global_object()
+            .set(js_string!("require"), require, false, ctx)?;
     }
     Ok(mim)
 }
@@ -201,7 +249,11 @@ fn load_entry(
         return Ok(());
     }
     let module = mim.get(js_string!("module"), ctx)?;
-    let exports = module.as_object().map(|m| m.get(js_string!("exports"), ctx)).transpose()?.unwrap_or_default();
+    let exports = module
+        .as_object()
+        .map(|m| m.get(js_string!("exports"), ctx))
+        .transpose()?
+        .unwrap_or_default();
     let function = crate::modules::compile_common_js(root, entry, ctx)?;
     let require = ctx.global_object().get(js_string!("require"), ctx)?;
     let dir = entry.parent().unwrap_or(root).to_string_lossy().to_string();

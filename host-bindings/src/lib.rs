@@ -10,7 +10,9 @@ mod modules;
 mod natives;
 pub mod nesting;
 mod request;
+mod ws;
 
 pub use host_api::{HostApi, LogLevel, Storage, StorageError};
 pub use isolate::{Isolate, LoadError, MimSpec};
 pub use request::HttpRequest;
+pub use ws::{SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};

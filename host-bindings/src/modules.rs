@@ -33,7 +33,9 @@ fn join_inside(root: &Path, dir: &Path, spec: &str) -> JsResult<PathBuf> {
         Ok(out)
     } else {
         Err(JsNativeError::error()
-            .with_message(format!("Cannot load '{spec}': it is outside the mim's folder"))
+            .with_message(format!(
+                "Cannot load '{spec}': it is outside the mim's folder"
+            ))
             .into())
     }
 }
@@ -50,14 +52,14 @@ pub(crate) fn resolve_require(root: &Path, dir: &Path, spec: &str) -> JsResult<P
         PathBuf::from(format!("{}.json", base.display())),
         base.join("index.js"),
     ];
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            JsNativeError::error()
-                .with_message(format!("Cannot find module '{spec}' from {}", dir.display()))
-                .into()
-        })
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        JsNativeError::error()
+            .with_message(format!(
+                "Cannot find module '{spec}' from {}",
+                dir.display()
+            ))
+            .into()
+    })
 }
 
 /// Reads a file of the mim, refusing paths outside it and source nested too deep.
@@ -100,15 +102,30 @@ pub(crate) fn compile_common_js(root: &Path, path: &Path, ctx: &mut Context) -> 
 
 /// Turns a parser error (`… at line L, col C`) into `file:L:C: …` with the file
 /// relative to the mim's folder; `first_line_shift` undoes a prefix added on line 1.
-fn located_syntax_error(error: &JsError, root: &Path, path: &Path, first_line_shift: usize) -> JsError {
-    let file = path.strip_prefix(root).unwrap_or(path).display().to_string();
-    let text = error.as_native().map_or_else(|| error.to_string(), |n| n.message().to_string());
+fn located_syntax_error(
+    error: &JsError,
+    root: &Path,
+    path: &Path,
+    first_line_shift: usize,
+) -> JsError {
+    let file = path
+        .strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    let text = error
+        .as_native()
+        .map_or_else(|| error.to_string(), |n| n.message().to_string());
     let message = text.strip_prefix("SyntaxError: ").unwrap_or(&text);
     let located = message.rsplit_once(" at line ").and_then(|(what, pos)| {
         let (line, col) = pos.split_once(", col ")?;
         let line: usize = line.trim().parse().ok()?;
         let col: usize = col.trim().parse().ok()?;
-        let col = if line == 1 { col.saturating_sub(first_line_shift).max(1) } else { col };
+        let col = if line == 1 {
+            col.saturating_sub(first_line_shift).max(1)
+        } else {
+            col
+        };
         Some(format!("{file}:{line}:{col}: {what}"))
     });
     let message = located.unwrap_or_else(|| format!("{file}: {message}"));
@@ -135,7 +152,10 @@ pub(crate) struct MimModuleLoader {
 impl MimModuleLoader {
     /// A loader for the mim in `root`.
     pub(crate) fn new(root: PathBuf) -> Self {
-        Self { root, cache: RefCell::default() }
+        Self {
+            root,
+            cache: RefCell::default(),
+        }
     }
 
     /// Parses the module at `path` (cached).
@@ -144,9 +164,15 @@ impl MimModuleLoader {
             return Ok(m.clone());
         }
         let text = read_mim_file(&self.root, path)?;
-        let module = Module::parse(Source::from_bytes(text.as_bytes()).with_path(path), None, ctx)
-            .map_err(|e| located_syntax_error(&e, &self.root, path, 0))?;
-        self.cache.borrow_mut().insert(path.to_path_buf(), module.clone());
+        let module = Module::parse(
+            Source::from_bytes(text.as_bytes()).with_path(path),
+            None,
+            ctx,
+        )
+        .map_err(|e| located_syntax_error(&e, &self.root, path, 0))?;
+        self.cache
+            .borrow_mut()
+            .insert(path.to_path_buf(), module.clone());
         Ok(module)
     }
 
@@ -207,7 +233,8 @@ fn builtin_module(spec: &str, ctx: &mut Context) -> JsResult<Option<Module>> {
         None => Vec::new(),
     };
     let spec_json = serde_json::to_string(spec).unwrap_or_default();
-    let mut src = format!("const m = globalThis.__mimhost.builtins[{spec_json}]();\nexport default m;\n");
+    let mut src =
+        format!("const m = globalThis.__mimhost.builtins[{spec_json}]();\nexport default m;\n");
     for name in names {
         src.push_str(&format!("export const {name} = m.{name};\n"));
     }
@@ -228,7 +255,9 @@ mod tests {
     #[test]
     fn detects_es_modules() {
         assert!(looks_like_es_module("import { a } from './a.js';\n"));
-        assert!(looks_like_es_module("const x = 1;\nexport function get() {}"));
+        assert!(looks_like_es_module(
+            "const x = 1;\nexport function get() {}"
+        ));
         assert!(!looks_like_es_module("exports.get = () => 1; // import x"));
         assert!(!looks_like_es_module("const m = import('./x.js');"));
     }

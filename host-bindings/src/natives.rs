@@ -5,11 +5,11 @@
 
 use crate::host_api::{HostApi, LogLevel};
 use crate::modules::{compile_common_js, read_mim_file, resolve_require};
+use crate::ws::{WsAnswer, WsOp, WsQuery};
 use boa_engine::object::builtins::JsArray;
 use boa_engine::object::ObjectInitializer;
 use boa_engine::{
-    Context, JsArgs, JsError, JsNativeError, JsObject, JsResult, JsString, JsValue,
-    NativeFunction,
+    Context, JsArgs, JsError, JsNativeError, JsObject, JsResult, JsString, JsValue, NativeFunction,
 };
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -35,7 +35,10 @@ pub(crate) fn bindings(ctx: &Context) -> JsResult<(Rc<dyn HostApi>, PathBuf)> {
 
 /// Argument `i` as a Rust string (undefined becomes `"undefined"`, as `String(x)` does).
 fn arg_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<String> {
-    Ok(args.get_or_undefined(i).to_string(ctx)?.to_std_string_escaped())
+    Ok(args
+        .get_or_undefined(i)
+        .to_string(ctx)?
+        .to_std_string_escaped())
 }
 
 /// Argument `i` as an optional string (null and undefined are `None`).
@@ -70,7 +73,10 @@ fn string_list(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<String>> {
 /// A flat `[name, value, name, value…]` list as header pairs.
 fn header_pairs(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<(String, String)>> {
     let flat = string_list(value, ctx)?;
-    Ok(flat.chunks_exact(2).map(|p| (p[0].clone(), p[1].clone())).collect())
+    Ok(flat
+        .chunks_exact(2)
+        .map(|p| (p[0].clone(), p[1].clone()))
+        .collect())
 }
 
 fn storage_error(e: crate::StorageError) -> JsError {
@@ -85,7 +91,9 @@ fn log(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
 }
 
 fn now(_: &JsValue, _: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let started = ctx.get_data::<Bindings>().map_or_else(Instant::now, |b| b.started);
+    let started = ctx
+        .get_data::<Bindings>()
+        .map_or_else(Instant::now, |b| b.started);
     Ok(JsValue::from(started.elapsed().as_secs_f64() * 1000.0))
 }
 
@@ -125,7 +133,10 @@ fn storage_remove(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<
 fn storage_items(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
     let (host, _) = bindings(ctx)?;
     let tag = arg_opt_string(args, 0, ctx)?;
-    let items = host.storage().items(tag.as_deref()).map_err(storage_error)?;
+    let items = host
+        .storage()
+        .items(tag.as_deref())
+        .map_err(storage_error)?;
     let flat = items.into_iter().flat_map(|(k, v)| {
         [
             JsValue::from(JsString::from(k.as_str())),
@@ -147,7 +158,9 @@ fn resolve(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue
     let dir = arg_string(args, 0, ctx)?;
     let spec = arg_string(args, 1, ctx)?;
     let path = resolve_require(&root, dir.as_ref(), &spec)?;
-    Ok(JsValue::from(JsString::from(path.to_string_lossy().as_ref())))
+    Ok(JsValue::from(JsString::from(
+        path.to_string_lossy().as_ref(),
+    )))
 }
 
 fn read_source(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
@@ -195,10 +208,43 @@ fn http_full(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsVal
     Ok(JsValue::undefined())
 }
 
+fn ws_accept(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let id = arg_id(args, 0, ctx)?;
+    let data = arg_string(args, 1, ctx)?;
+    let protocols = string_list(args.get_or_undefined(2), ctx)?;
+    host.ws_accept(id, data, protocols);
+    Ok(JsValue::undefined())
+}
+
+fn ws_op(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let op: WsOp = serde_json::from_str(&arg_string(args, 0, ctx)?)
+        .map_err(|e| JsNativeError::typ().with_message(format!("bad websocket operation: {e}")))?;
+    host.ws(op);
+    Ok(JsValue::undefined())
+}
+
+fn ws_query(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let query: WsQuery = serde_json::from_str(&arg_string(args, 0, ctx)?)
+        .map_err(|e| JsNativeError::typ().with_message(format!("bad websocket query: {e}")))?;
+    let answer = match host.ws_query(query) {
+        WsAnswer::Size(n) => JsValue::from(n as f64),
+        WsAnswer::Members(ids) => {
+            let ids = ids
+                .into_iter()
+                .map(|id| JsValue::from(JsString::from(id.as_str())));
+            JsArray::from_iter(ids, ctx).into()
+        }
+    };
+    Ok(answer)
+}
+
 /// Builds the `__host` object the prelude receives.
 pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
     type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
-    let functions: [(&str, Native, usize); 15] = [
+    let functions: [(&str, Native, usize); 18] = [
         ("log", log, 2),
         ("now", now, 0),
         ("dispatch", dispatch, 1),
@@ -214,6 +260,9 @@ pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
         ("httpChunk", http_chunk, 2),
         ("httpEnd", http_end, 1),
         ("httpFull", http_full, 4),
+        ("wsAccept", ws_accept, 3),
+        ("wsOp", ws_op, 1),
+        ("wsQuery", ws_query, 1),
     ];
     let mut init = ObjectInitializer::new(ctx);
     for (name, f, len) in functions {

@@ -30,7 +30,10 @@ pub fn check_nesting(source: &str, limit: usize) -> Result<(), TooDeep> {
             b'(' | b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
-                    return Err(TooDeep { line, column: i - line_start + 1 });
+                    return Err(TooDeep {
+                        line,
+                        column: i - line_start + 1,
+                    });
                 }
             }
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
@@ -90,7 +93,13 @@ mod tests {
     #[test]
     fn refuses_deep_arrays_with_position() {
         let src = format!("var x =\n  {}1{};", "[".repeat(20), "]".repeat(20));
-        assert_eq!(check_nesting(&src, 10), Err(TooDeep { line: 2, column: 13 }));
+        assert_eq!(
+            check_nesting(&src, 10),
+            Err(TooDeep {
+                line: 2,
+                column: 13
+            })
+        );
     }
 
     #[test]

@@ -379,6 +379,13 @@
   Response.prototype.fromController = function (result) {
     if (this._done) return;
     if (result === undefined || result === null) result = {};
+    if (this._webSocket && typeof result === 'object' && result.webSocket) {
+      var ws = result.webSocket === true ? {} : result.webSocket;
+      this._done = true;
+      var data = ws.data === undefined ? null : ws.data;
+      host.wsAccept(this._id, JSON.stringify(data), (ws.subProtocols || []).map(String));
+      return;
+    }
     if (typeof result !== 'object') result = { body: result };
     var headers = {};
     if (result.headers) Object.keys(result.headers).forEach(function (k) { headers[k.toLowerCase()] = result.headers[k]; });
@@ -439,6 +446,7 @@
   /** Entry point: one HTTP request. `r` is the request as plain data from the host. */
   function handleHttp(id, r) {
     var res = new Response(id), result, controller = false;
+    res._webSocket = !!r.webSocket;
     try {
       var route = matchRoute(r.method, r.path);
       if (route) result = route.handler(routeRequest(r, route.params), res);
@@ -465,8 +473,79 @@
     } else if (controller) res.fromController(result);
   }
 
+  // ---- WebSocket sessions ------------------------------------------------------------
+  // No identity provider here: every session is Enonic's anonymous principal.
+  var ANONYMOUS = Object.freeze({
+    key: 'user:system:anonymous', displayName: 'Anonymous User', modifiedTime: '1970-01-01T00:00:00Z',
+    disabled: false, login: 'anonymous', idProvider: 'system'
+  });
+  // The open sessions of this container as this isolate knows them (id -> info).
+  var sessions = new Map();
+  function wsHandler() {
+    var ex = controllerExports();
+    return ex && typeof ex.webSocketEvent === 'function' ? ex.webSocketEvent : null;
+  }
+  function wsOp(op) { host.wsOp(JSON.stringify(op)); }
+  function replyWith(id, value) {
+    if (value === undefined || value === null || typeof value !== 'object') return;
+    if (!('body' in value) && !('end' in value)) return;
+    var body = value.body === undefined || value.body === null ? null
+      : typeof value.body === 'string' ? value.body : JSON.stringify(value.body);
+    wsOp({ Reply: { session: id, body: body, end: !!value.end } });
+  }
+  /** Entry point: one session event. */
+  function handleWs(ev) {
+    if (ev.info) {
+      var info = ev.info;
+      try { info.data = JSON.parse(info.data); } catch (e) { info.data = null; }
+      sessions.set(ev.session, info);
+    }
+    var s = sessions.get(ev.session);
+    if (ev.kind === 'close') sessions.delete(ev.session);
+    if (!s || ev.kind === 'resume') return;
+    var handler = wsHandler();
+    if (!handler) return;
+    var event = {
+      type: ev.kind, session: { id: s.id, path: s.path, params: s.params, user: ANONYMOUS }, data: s.data,
+      sessionId: s.id, peer: s.peer, method: s.method, query: s.params, headers: s.headers, params: s.params
+    };
+    if (ev.message !== undefined && ev.message !== null) { event.message = ev.message; if (ev.binary) event.binary = true; }
+    if (ev.closeCode !== undefined && ev.closeCode !== null) event.closeReason = ev.closeCode;
+    if (ev.error !== undefined && ev.error !== null) event.error = ev.error;
+    var result;
+    try { result = handler.call(controllerExports(), event); }
+    catch (e) { reportError(mim.name + ' webSocketEvent', e); flushDispatches(); return; }
+    if (isThenable(result)) {
+      result.then(function (v) { replyWith(s.id, v); flushDispatches(); },
+        function (e) { reportError(mim.name + ' webSocketEvent', e); flushDispatches(); });
+    } else replyWith(s.id, result);
+    flushDispatches();
+  }
+
+  // `require('/lib/xp/websocket')` (Enonic XP's library, plus a few more).
+  var websocketLib = {
+    send: function (id, text) {
+      id = String(id);
+      if (!sessions.has(id)) return false;
+      wsOp({ Send: { session: id, text: String(text) } });
+      return true;
+    },
+    sendToGroup: function (group, text) { wsOp({ SendToGroup: { group: String(group), text: String(text) } }); },
+    sendToAll: function (text) { wsOp({ SendToAll: { text: String(text) } }); },
+    addToGroup: function (group, id) { wsOp({ AddToGroup: { group: String(group), session: String(id) } }); },
+    removeFromGroup: function (group, id) { wsOp({ RemoveFromGroup: { group: String(group), session: String(id) } }); },
+    getGroupSize: function (group) { return host.wsQuery(JSON.stringify({ GroupSize: String(group) })); },
+    getGroupMembers: function (group) { return host.wsQuery(JSON.stringify({ GroupMembers: String(group) })); },
+    close: function (id, code, reason) {
+      wsOp({ Close: { session: String(id), code: code === undefined ? 1000 : Number(code), reason: reason === undefined ? '' : String(reason) } });
+    },
+    setClientId: function (id, clientId) { wsOp({ SetClientId: { session: String(id), client_id: String(clientId) } }); }
+  };
+  builtins['/lib/xp/websocket'] = function () { return websocketLib; };
+
   G.__mimhost = {
     handleHttp: handleHttp,
+    handleWs: handleWs,
     runTimers: runTimers,
     makeRequire: makeRequire,
     builtins: builtins,

@@ -4,7 +4,7 @@
 //! Writers batch many frames into one `write`; readers parse every complete frame
 //! out of what one `read` returned.
 
-use mimhost_bindings::{HttpRequest, MimSpec};
+use mimhost_bindings::{HttpRequest, MimSpec, WsAnswer, WsEvent, WsOp, WsQuery};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -28,6 +28,15 @@ pub enum ToWorker {
         /// The request.
         request: HttpRequest,
     },
+    /// A session event for `webSocketEvent`; acknowledged by [`FromWorker::Done`].
+    Ws {
+        /// Sequence number, increasing per worker.
+        seq: u64,
+        /// The event.
+        event: WsEvent,
+    },
+    /// The answer to the worker's pending [`FromWorker::WsQuery`].
+    WsAnswer(WsAnswer),
     /// Are you responsive? Answered by [`FromWorker::Pong`] between two invocations.
     Ping {
         /// Echoed back.
@@ -81,6 +90,24 @@ pub enum FromWorker {
     Dispatch {
         /// The encoded frames, in order.
         frames: Vec<String>,
+    },
+    /// The upgrade request `id` is accepted as a WebSocket session.
+    WsAccept {
+        /// Request id.
+        id: u64,
+        /// JSON text of the session data.
+        data: String,
+        /// Subprotocols the mim offers.
+        protocols: Vec<String>,
+    },
+    /// A WebSocket operation of the mim.
+    Ws(WsOp),
+    /// A question the worker blocks on until [`ToWorker::WsAnswer`] arrives.
+    WsQuery(WsQuery),
+    /// Every session event up to `seq` has been handled (its synchronous part).
+    Done {
+        /// Highest handled sequence number.
+        seq: u64,
     },
     /// Answer to [`ToWorker::Ping`].
     Pong {
@@ -145,19 +172,31 @@ mod tests {
     fn frames_round_trip_in_one_buffer_and_split() {
         let mut out = Vec::new();
         encode_into(&FromWorker::HttpEnd { id: 7 }, &mut out);
-        encode_into(&FromWorker::Log { level: 1, message: "hi".into() }, &mut out);
+        encode_into(
+            &FromWorker::Log {
+                level: 1,
+                message: "hi".into(),
+            },
+            &mut out,
+        );
         let mut partial = out[..out.len() - 1].to_vec();
         let first: Vec<FromWorker> = decode_frames(&mut partial).unwrap();
         assert!(matches!(first.as_slice(), [FromWorker::HttpEnd { id: 7 }]));
         partial.push(*out.last().unwrap());
         let second: Vec<FromWorker> = decode_frames(&mut partial).unwrap();
-        assert!(matches!(second.as_slice(), [FromWorker::Log { level: 1, .. }]));
+        assert!(matches!(
+            second.as_slice(),
+            [FromWorker::Log { level: 1, .. }]
+        ));
         assert!(partial.is_empty());
     }
 
     #[test]
     fn oversized_length_is_refused() {
         let mut buf = u32::MAX.to_le_bytes().to_vec();
-        assert!(matches!(decode_frames::<ToWorker>(&mut buf), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            decode_frames::<ToWorker>(&mut buf),
+            Err(FrameError::TooLarge(_))
+        ));
     }
 }

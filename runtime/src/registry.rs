@@ -36,7 +36,10 @@ pub struct Registry {
 
 /// The base path a container gets: `MCM.BASE_API_PATH` from its env, else `/<name>`.
 pub fn base_path_for(name: &str, env: &std::collections::BTreeMap<String, String>) -> String {
-    let raw = env.get("MCM.BASE_API_PATH").cloned().unwrap_or_else(|| format!("/{name}"));
+    let raw = env
+        .get("MCM.BASE_API_PATH")
+        .cloned()
+        .unwrap_or_else(|| format!("/{name}"));
     let trimmed = raw.trim().trim_end_matches('/');
     if trimmed.starts_with('/') {
         trimmed.to_string()
@@ -56,7 +59,12 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl Registry {
     /// An empty registry keeping stores under `data`.
     pub fn new(data: PathBuf, limits: WorkerLimits, events: Arc<dyn WorkerEvents>) -> Self {
-        Self { containers: RwLock::new(Vec::new()), data, limits, events }
+        Self {
+            containers: RwLock::new(Vec::new()),
+            data,
+            limits,
+            events,
+        }
     }
 
     /// The container whose base path is the longest prefix of `path`, and the rest of
@@ -70,14 +78,21 @@ impl Registry {
             })
             .max_by_key(|(c, _)| c.base_path.len())
             .map(|(c, rest)| {
-                let rest = if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") };
+                let rest = if rest.starts_with('/') {
+                    rest.to_string()
+                } else {
+                    format!("/{rest}")
+                };
                 (c.clone(), rest)
             })
     }
 
     /// The container called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Container>> {
-        read(&self.containers).iter().find(|c| c.name == name).cloned()
+        read(&self.containers)
+            .iter()
+            .find(|c| c.name == name)
+            .cloned()
     }
 
     /// Every container, by name.
@@ -94,8 +109,14 @@ impl Registry {
         let store = crate::worker::store_dir(&self.data, &spec.name);
         let base_path = spec.base_path.clone();
         let name = spec.name.clone();
-        let supervisor = Supervisor::start(spec, store, self.limits.clone(), self.events.clone()).await?;
-        let container = Arc::new(Container { name, base_path, origin, supervisor });
+        let supervisor =
+            Supervisor::start(spec, store, self.limits.clone(), self.events.clone()).await?;
+        let container = Arc::new(Container {
+            name,
+            base_path,
+            origin,
+            supervisor,
+        });
         if let Err(e) = self.check_free(&container.name, &container.base_path) {
             container.supervisor.stop().await;
             return Err(e);
@@ -110,7 +131,10 @@ impl Registry {
                 return Err(format!("a container named '{name}' already exists"));
             }
             if c.base_path == base_path {
-                return Err(format!("base path {base_path} is already used by container '{}'", c.name));
+                return Err(format!(
+                    "base path {base_path} is already used by container '{}'",
+                    c.name
+                ));
             }
         }
         Ok(())
@@ -118,7 +142,9 @@ impl Registry {
 
     /// Hot swaps a container to new code/env; sessions stay, a failed load keeps the old.
     pub async fn update(&self, spec: MimSpec) -> Result<(), String> {
-        let container = self.get(&spec.name).ok_or_else(|| format!("no container named '{}'", spec.name))?;
+        let container = self
+            .get(&spec.name)
+            .ok_or_else(|| format!("no container named '{}'", spec.name))?;
         if container.base_path != spec.base_path {
             return Err(format!(
                 "the base path of '{}' cannot change in place ({} -> {}); remove and create it",

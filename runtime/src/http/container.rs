@@ -40,59 +40,87 @@ pub async fn handle(
         }
         Err(e) => return json_error(400, &format!("could not read the request body: {e}")),
     };
-    let request = http_request(&parts, rest, body, peer, state.local_port);
-    let deadline = Instant::now() + state.config.handler_timeout;
-    let invocation = match container.supervisor.http(request, deadline).await {
-        Ok(i) => i,
-        Err(e) => return json_error(503, &e.to_string()),
+    let request = request_data(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        rest,
+        body,
+        peer,
+        state.local_port,
+    );
+    let started = Instant::now();
+    let deadline = started + state.config.handler_timeout;
+    let resp = match container.supervisor.http(request, deadline).await {
+        Ok(invocation) => answer(container.clone(), invocation, deadline).await,
+        Err(e) => json_error(503, &e.to_string()),
     };
-    answer(container.clone(), invocation, deadline).await
+    state
+        .metrics
+        .record_http(&container.name, resp.status().as_u16(), started.elapsed());
+    resp
 }
 
-/// Builds the plain-data request both JS request shapes are made from.
-fn http_request(
-    parts: &hyper::http::request::Parts,
-    rest: String,
-    body: Bytes,
-    peer: SocketAddr,
-    local_port: u16,
-) -> HttpRequest {
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in &parts.headers {
+/// Headers as a map with lower-case names; repeated headers joined with `, `.
+pub fn header_map(headers: &hyper::HeaderMap) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        headers
-            .entry(name.as_str().to_string())
+        map.entry(name.as_str().to_string())
             .and_modify(|v| {
                 v.push_str(", ");
                 v.push_str(&value);
             })
             .or_insert(value);
     }
-    let query_text = parts.uri.query().unwrap_or("");
-    let query = parse_query(query_text);
-    let host_header = headers.get("host").cloned().unwrap_or_default();
-    let (host, port) = match host_header.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse().unwrap_or(local_port)),
-        _ => (host_header.clone(), local_port),
-    };
-    let remote_address = headers
+    map
+}
+
+/// The client's address: the first `x-forwarded-for` hop when present, else the peer.
+pub fn client_address(headers: &BTreeMap<String, String>, peer: SocketAddr) -> String {
+    headers
         .get("x-forwarded-for")
         .and_then(|v| v.split(',').next())
         .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| peer.ip().to_string());
-    let url = if query_text.is_empty() { rest.clone() } else { format!("{rest}?{query_text}") };
+        .unwrap_or_else(|| peer.ip().to_string())
+}
+
+/// Builds the plain-data request both JS request shapes are made from.
+pub fn request_data(
+    method: &hyper::Method,
+    uri: &hyper::Uri,
+    header_values: &hyper::HeaderMap,
+    rest: String,
+    body: Bytes,
+    peer: SocketAddr,
+    local_port: u16,
+) -> HttpRequest {
+    let headers = header_map(header_values);
+    let query_text = uri.query().unwrap_or("");
+    let host_header = headers.get("host").cloned().unwrap_or_default();
+    let (host, port) = match host_header.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => {
+            (h.to_string(), p.parse().unwrap_or(local_port))
+        }
+        _ => (host_header.clone(), local_port),
+    };
+    let url = if query_text.is_empty() {
+        rest.clone()
+    } else {
+        format!("{rest}?{query_text}")
+    };
     HttpRequest {
-        method: parts.method.as_str().to_string(),
+        method: method.as_str().to_string(),
         url,
         path: rest,
-        full_path: parts.uri.path().to_string(),
-        query,
+        full_path: uri.path().to_string(),
+        query: parse_query(query_text),
+        remote_address: client_address(&headers, peer),
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
         scheme: "http".into(),
         host,
         port,
-        remote_address,
         web_socket: false,
     }
 }
@@ -116,7 +144,10 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' => match (bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b))) {
+            b'%' => match (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            ) {
                 (Some(hi), Some(lo)) => {
                     out.push(hi * 16 + lo);
                     i += 2;
@@ -131,17 +162,31 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// Waits for the worker's answer; past the deadline the worker is killed and 504 sent.
-async fn answer(container: Arc<Container>, mut invocation: Invocation, deadline: Instant) -> Response<Body> {
+async fn answer(
+    container: Arc<Container>,
+    mut invocation: Invocation,
+    deadline: Instant,
+) -> Response<Body> {
     let first = match tokio::time::timeout_at(deadline, invocation.parts.recv()).await {
         Ok(Some(part)) => part,
         Ok(None) => return json_error(500, "the worker dropped the request"),
         Err(_) => {
             overran(&container, &invocation);
-            return json_error(504, &format!("{} did not answer within the handler timeout", container.name));
+            return json_error(
+                504,
+                &format!(
+                    "{} did not answer within the handler timeout",
+                    container.name
+                ),
+            );
         }
     };
     match first {
-        HttpPart::Full { status, headers, body } => respond(status, &headers, full(body)),
+        HttpPart::Full {
+            status,
+            headers,
+            body,
+        } => respond(status, &headers, full(body)),
         HttpPart::Failed { message } => json_error(500, &message),
         HttpPart::Start { status, headers } => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
@@ -149,7 +194,9 @@ async fn answer(container: Arc<Container>, mut invocation: Invocation, deadline:
             let stream = tokio_stream_from(rx);
             respond(status, &headers, BodyExt::boxed(StreamBody::new(stream)))
         }
-        HttpPart::Chunk(_) | HttpPart::End => json_error(500, "the worker answered out of order"),
+        HttpPart::Chunk(_) | HttpPart::End | HttpPart::Accept { .. } => {
+            json_error(500, "the worker answered out of order")
+        }
     }
 }
 
@@ -175,7 +222,11 @@ async fn stream_chunks(
             Ok(Some(_)) | Ok(None) => return,
             Err(_) => {
                 overran(&container, &invocation);
-                let _ = tx.send(Err(std::io::Error::other("handler timeout while streaming"))).await;
+                let _ = tx
+                    .send(Err(std::io::Error::other(
+                        "handler timeout while streaming",
+                    )))
+                    .await;
                 return;
             }
         }
@@ -196,7 +247,8 @@ fn overran(container: &Arc<Container>, invocation: &Invocation) {
 
 fn respond(status: u16, headers: &[(String, String)], body: Body) -> Response<Body> {
     let mut resp = Response::new(body);
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in headers {
         if let (Ok(n), Ok(v)) = (
             hyper::header::HeaderName::from_bytes(name.as_bytes()),

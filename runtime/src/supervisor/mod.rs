@@ -9,7 +9,7 @@ mod spawn;
 
 use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
 use bytes::Bytes;
-use mimhost_bindings::{HttpRequest, MimSpec};
+use mimhost_bindings::{HttpRequest, MimSpec, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,10 +34,18 @@ pub struct WorkerLimits {
     pub memory_bytes: u64,
 }
 
-/// Where a worker's output goes besides HTTP answers.
+/// Where a worker's output goes besides HTTP answers: the hub, in practice.
 pub trait WorkerEvents: Send + Sync + 'static {
     /// Frames `context.dispatchWebSocketEvent` sent to the container's dispatch channel.
     fn on_dispatch(&self, container: &str, frames: Vec<String>);
+    /// A WebSocket operation of the container's code.
+    fn on_ws(&self, container: &str, op: WsOp);
+    /// A WebSocket question of the container's code.
+    fn on_query(&self, container: &str, query: WsQuery) -> WsAnswer;
+    /// The container's open sessions (a restarted worker learns them).
+    fn sessions_of(&self, container: &str) -> Vec<SessionInfo>;
+    /// The container stopped for good: its sessions close 1001.
+    fn on_stopped(&self, container: &str);
 }
 
 /// One piece of an HTTP answer coming back from a worker.
@@ -62,6 +70,13 @@ pub enum HttpPart {
         headers: Vec<(String, String)>,
         /// Body.
         body: Bytes,
+    },
+    /// The upgrade is accepted as a WebSocket session.
+    Accept {
+        /// JSON text of the session data.
+        data: String,
+        /// Subprotocols the mim offers.
+        protocols: Vec<String>,
     },
     /// The worker went away before answering.
     Failed {
@@ -100,6 +115,10 @@ struct Live {
     load_reply: Mutex<Option<oneshot::Sender<Option<String>>>>,
     pongs: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     kill_reason: Mutex<Option<String>>,
+    /// Session events sent and not yet acknowledged: (seq, sent at, session id).
+    ws_inflight: Mutex<std::collections::VecDeque<(u64, Instant, String)>>,
+    /// Set when the host retired this worker on purpose and wants a replacement.
+    replace: AtomicBool,
 }
 
 /// Supervises the worker process of one container.
@@ -114,6 +133,10 @@ pub struct Supervisor {
     next_id: AtomicU64,
     generations: AtomicU64,
     stopped: AtomicBool,
+    /// Session events that arrived while no worker was live.
+    waiting: Mutex<Vec<WsEvent>>,
+    /// Sessions whose event a dead worker dropped; they get an `error` event.
+    dropped: Mutex<Vec<String>>,
 }
 
 impl Supervisor {
@@ -136,8 +159,11 @@ impl Supervisor {
             next_id: AtomicU64::new(1),
             generations: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
+            waiting: Mutex::new(Vec::new()),
+            dropped: Mutex::new(Vec::new()),
         });
         sup.spawn_worker().await?;
+        tokio::spawn(sup.clone().watch_events());
         Ok(sup)
     }
 
@@ -177,11 +203,16 @@ impl Supervisor {
             load_reply: Mutex::new(Some(load_tx)),
             pongs: Mutex::new(HashMap::new()),
             kill_reason: Mutex::new(None),
+            ws_inflight: Mutex::new(std::collections::VecDeque::new()),
+            replace: AtomicBool::new(false),
         });
         tokio::spawn(write_frames(write, rx));
         tokio::spawn(self.clone().read_frames(read, live.clone(), child));
         let spec = self.spec();
-        let _ = live.to_worker.send(ToWorker::Load { spec, store_dir: self.store_dir.clone() });
+        let _ = live.to_worker.send(ToWorker::Load {
+            spec,
+            store_dir: self.store_dir.clone(),
+        });
         let loaded = tokio::time::timeout(self.limits.handler_timeout, load_rx).await;
         let error = match loaded {
             Ok(Ok(None)) => None,
@@ -196,9 +227,69 @@ impl Supervisor {
             kill(&live, "its code did not load");
             return Err(e);
         }
+        self.catch_up(&live);
         *lock(&self.live) = Some(live);
         self.ready.notify_waiters();
         Ok(())
+    }
+
+    /// Tells a fresh worker about the open sessions, reports dropped events to their
+    /// sessions, and hands over the events that waited for it.
+    fn catch_up(&self, live: &Live) {
+        let resume = self
+            .events
+            .sessions_of(&self.name)
+            .into_iter()
+            .map(|info| WsEvent {
+                session: info.id.clone(),
+                info: Some(info),
+                kind: "resume".into(),
+                ..WsEvent::default()
+            });
+        let errors = std::mem::take(&mut *lock(&self.dropped))
+            .into_iter()
+            .map(|session| WsEvent {
+                session,
+                kind: "error".into(),
+                error: Some(
+                    "the handler ran past the handler timeout or crashed; the event was dropped"
+                        .into(),
+                ),
+                ..WsEvent::default()
+            });
+        let waiting = std::mem::take(&mut *lock(&self.waiting));
+        for event in resume.chain(errors).chain(waiting) {
+            self.send_event(live, event);
+        }
+    }
+
+    fn send_event(&self, live: &Live, event: WsEvent) {
+        let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&live.ws_inflight).push_back((seq, Instant::now(), event.session.clone()));
+        let _ = live.to_worker.send(ToWorker::Ws { seq, event });
+    }
+
+    /// Delivers a session event to `webSocketEvent`, in order per session; events
+    /// that arrive during a restart wait for the new worker.
+    pub fn ws_event(&self, event: WsEvent) {
+        match self.current() {
+            Some(live) => self.send_event(&live, event),
+            None => lock(&self.waiting).push(event),
+        }
+    }
+
+    /// Kills a worker whose session event has run past the handler timeout.
+    async fn watch_events(self: Arc<Self>) {
+        let tick = (self.limits.handler_timeout / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        while !self.stopped.load(Ordering::Relaxed) {
+            tokio::time::sleep(tick).await;
+            let Some(live) = self.current() else { continue };
+            let oldest = lock(&live.ws_inflight).front().map(|(_, at, _)| *at);
+            if oldest.is_some_and(|at| at.elapsed() > self.limits.handler_timeout) {
+                self.check_stuck(&live).await;
+            }
+        }
     }
 
     /// Reads the worker's frames until it exits, then fails what it left unanswered
@@ -227,13 +318,18 @@ impl Supervisor {
             }
         }
         let status = child.wait().await;
-        let reason = lock(&live.kill_reason).clone().unwrap_or_else(|| match status {
-            Ok(s) if s.code() == Some(crate::worker::EXIT_MEMORY) => {
-                format!("it used more than --mim-memory ({} MiB)", self.limits.memory_bytes >> 20)
-            }
-            Ok(s) => format!("it exited ({s})"),
-            Err(e) => format!("it could not be waited for ({e})"),
-        });
+        let reason = lock(&live.kill_reason)
+            .clone()
+            .unwrap_or_else(|| match status {
+                Ok(s) if s.code() == Some(crate::worker::EXIT_MEMORY) => {
+                    format!(
+                        "it used more than --mim-memory ({} MiB)",
+                        self.limits.memory_bytes >> 20
+                    )
+                }
+                Ok(s) => format!("it exited ({s})"),
+                Err(e) => format!("it could not be waited for ({e})"),
+            });
         self.worker_gone(&live, &reason).await;
     }
 
@@ -246,6 +342,24 @@ impl Supervisor {
                 }
                 return;
             }
+            FromWorker::Ws(op) => return self.events.on_ws(&self.name, op),
+            FromWorker::WsQuery(query) => {
+                let answer = self.events.on_query(&self.name, query);
+                let _ = live.to_worker.send(ToWorker::WsAnswer(answer));
+                return;
+            }
+            FromWorker::Done { seq } => {
+                let mut inflight = lock(&live.ws_inflight);
+                while inflight.front().is_some_and(|(s, _, _)| *s <= seq) {
+                    inflight.pop_front();
+                }
+                return;
+            }
+            FromWorker::WsAccept {
+                id,
+                data,
+                protocols,
+            } => (id, HttpPart::Accept { data, protocols }, true),
             FromWorker::Pong { id } => {
                 if let Some(tx) = lock(&live.pongs).remove(&id) {
                     let _ = tx.send(());
@@ -254,12 +368,27 @@ impl Supervisor {
             }
             FromWorker::Dispatch { frames } => return self.events.on_dispatch(&self.name, frames),
             FromWorker::Log { level, message } => return log_line(&self.name, level, &message),
-            FromWorker::HttpStart { id, status, headers } => (id, HttpPart::Start { status, headers }, false),
+            FromWorker::HttpStart {
+                id,
+                status,
+                headers,
+            } => (id, HttpPart::Start { status, headers }, false),
             FromWorker::HttpChunk { id, chunk } => (id, HttpPart::Chunk(Bytes::from(chunk)), false),
             FromWorker::HttpEnd { id } => (id, HttpPart::End, true),
-            FromWorker::HttpFull { id, status, headers, body } => {
-                (id, HttpPart::Full { status, headers, body: Bytes::from(body) }, true)
-            }
+            FromWorker::HttpFull {
+                id,
+                status,
+                headers,
+                body,
+            } => (
+                id,
+                HttpPart::Full {
+                    status,
+                    headers,
+                    body: Bytes::from(body),
+                },
+                true,
+            ),
         };
         let (id, part, last) = part;
         let mut pending = lock(&live.pending);
@@ -275,17 +404,30 @@ impl Supervisor {
     async fn worker_gone(self: &Arc<Self>, live: &Arc<Live>, reason: &str) {
         let was_current = {
             let mut current = lock(&self.live);
-            let same = current.as_ref().is_some_and(|c| c.generation == live.generation);
+            let same = current
+                .as_ref()
+                .is_some_and(|c| c.generation == live.generation);
             if same {
                 *current = None;
             }
             same
         };
-        let message = format!("the worker of {} stopped before answering: {reason}", self.name);
+        let message = format!(
+            "the worker of {} stopped before answering: {reason}",
+            self.name
+        );
         for (_, tx) in lock(&live.pending).drain() {
-            let _ = tx.send(HttpPart::Failed { message: message.clone() });
+            let _ = tx.send(HttpPart::Failed {
+                message: message.clone(),
+            });
         }
-        if !was_current || self.stopped.load(Ordering::Relaxed) {
+        let dropped: Vec<String> = lock(&live.ws_inflight)
+            .drain(..)
+            .map(|(_, _, session)| session)
+            .collect();
+        lock(&self.dropped).extend(dropped);
+        let wanted = was_current || live.replace.load(Ordering::Relaxed);
+        if !wanted || self.stopped.load(Ordering::Relaxed) {
             return;
         }
         tracing::warn!(container = %self.name, "worker restarted: {reason}");
@@ -319,7 +461,11 @@ impl Supervisor {
     }
 
     /// Sends an HTTP request to the worker; the answer arrives on the returned channel.
-    pub async fn http(&self, request: HttpRequest, deadline: Instant) -> Result<Invocation, InvokeError> {
+    pub async fn http(
+        &self,
+        request: HttpRequest,
+        deadline: Instant,
+    ) -> Result<Invocation, InvokeError> {
         let live = self.live_before(deadline).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, parts) = mpsc::unbounded_channel();
@@ -328,7 +474,11 @@ impl Supervisor {
             lock(&live.pending).remove(&id);
             return Err(InvokeError::NotReady);
         }
-        Ok(Invocation { parts, id, generation: live.generation })
+        Ok(Invocation {
+            parts,
+            id,
+            generation: live.generation,
+        })
     }
 
     /// An invocation ran past its deadline: forget it, and if the worker does not
@@ -339,25 +489,58 @@ impl Supervisor {
             return;
         };
         lock(&live.pending).remove(&id);
+        self.check_stuck(&live).await;
+    }
+
+    /// Pings the worker; one that does not answer at once is stuck in a loop and is
+    /// killed (a replacement starts).
+    async fn check_stuck(&self, live: &Arc<Live>) {
         let ping = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&live.pongs).insert(ping, tx);
         let _ = live.to_worker.send(ToWorker::Ping { id: ping });
         if tokio::time::timeout(PING_GRACE, rx).await.is_err() {
             lock(&live.pongs).remove(&ping);
-            let reason = format!("an invocation ran past the handler timeout ({:?})", self.limits.handler_timeout);
-            kill(&live, &reason);
+            let reason = format!(
+                "an invocation ran past the handler timeout ({:?})",
+                self.limits.handler_timeout
+            );
+            self.retire(live, &reason);
         }
+    }
+
+    /// Kills `live` and stops routing to it at once: new invocations wait for the
+    /// replacement that the reader task starts when the process is gone.
+    fn retire(&self, live: &Arc<Live>, reason: &str) {
+        live.replace.store(true, Ordering::Relaxed);
+        {
+            let mut current = lock(&self.live);
+            if current
+                .as_ref()
+                .is_some_and(|c| c.generation == live.generation)
+            {
+                *current = None;
+            }
+        }
+        kill(live, reason);
     }
 
     /// Hot swaps the worker to new code or env; a failed load keeps the old code.
     pub async fn reload(&self, spec: MimSpec) -> Result<(), String> {
         let deadline = Instant::now() + self.limits.handler_timeout;
-        let live = self.live_before(deadline).await.map_err(|e| e.to_string())?;
+        let live = self
+            .live_before(deadline)
+            .await
+            .map_err(|e| e.to_string())?;
         let (tx, rx) = oneshot::channel();
         *lock(&live.load_reply) = Some(tx);
-        let message = ToWorker::Load { spec: spec.clone(), store_dir: self.store_dir.clone() };
-        live.to_worker.send(message).map_err(|_| "the worker is gone".to_string())?;
+        let message = ToWorker::Load {
+            spec: spec.clone(),
+            store_dir: self.store_dir.clone(),
+        };
+        live.to_worker
+            .send(message)
+            .map_err(|_| "the worker is gone".to_string())?;
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(None)) => {
                 *lock(&self.spec) = spec;
@@ -366,7 +549,7 @@ impl Supervisor {
             Ok(Ok(Some(e))) => Err(e),
             Ok(Err(_)) => Err("the worker exited while loading the new code".into()),
             Err(_) => {
-                kill(&live, "loading new code overran the handler timeout");
+                self.retire(&live, "loading new code overran the handler timeout");
                 Err("loading the new code took longer than the handler timeout".into())
             }
         }
@@ -376,7 +559,10 @@ impl Supervisor {
     pub async fn stop(&self) {
         self.stopped.store(true, Ordering::Relaxed);
         self.ready.notify_waiters();
-        let Some(live) = lock(&self.live).take() else { return };
+        self.events.on_stopped(&self.name);
+        let Some(live) = lock(&self.live).take() else {
+            return;
+        };
         let _ = live.to_worker.send(ToWorker::Shutdown);
         let deadline = Instant::now() + Duration::from_secs(5);
         while process_alive(live.pid) && Instant::now() < deadline {
@@ -409,7 +595,13 @@ fn kill(live: &Live, reason: &str) {
 fn process_alive(pid: u32) -> bool {
     // A reaped or absent process leaves no /proc entry; a zombie has state Z.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 

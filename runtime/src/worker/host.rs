@@ -1,44 +1,72 @@
 //! The worker's side of [`HostApi`]: everything a mim does becomes a frame in one
 //! outgoing buffer, written to the host in one go at the end of each turn.
 
-use crate::ipc::{encode_into, FromWorker};
+use super::link::{Link, LinkClosed};
+use crate::ipc::{encode_into, FromWorker, ToWorker};
 use crate::store::SledStore;
-use mimhost_bindings::{HostApi, LogLevel, Storage, StorageError};
-use std::cell::RefCell;
+use mimhost_bindings::{HostApi, LogLevel, Storage, StorageError, WsAnswer, WsOp, WsQuery};
+use std::borrow::Cow;
+use std::cell::{OnceCell, RefCell};
+
+static NOT_LOADED: NoStore = NoStore(Cow::Borrowed("the store is not open yet"));
 
 /// A store that is not open: every call fails with the reason.
-struct NoStore(String);
+struct NoStore(Cow<'static, str>);
 
 impl Storage for NoStore {
     fn get(&self, _: &str) -> Result<Option<String>, StorageError> {
-        Err(StorageError(self.0.clone()))
+        Err(StorageError(self.0.to_string()))
     }
     fn set(&self, _: &str, _: &str, _: Option<&str>) -> Result<(), StorageError> {
-        Err(StorageError(self.0.clone()))
+        Err(StorageError(self.0.to_string()))
     }
     fn remove(&self, _: &str) -> Result<(), StorageError> {
-        Err(StorageError(self.0.clone()))
+        Err(StorageError(self.0.to_string()))
     }
     fn items(&self, _: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
-        Err(StorageError(self.0.clone()))
+        Err(StorageError(self.0.to_string()))
     }
     fn remove_by_tag(&self, _: &str) -> Result<usize, StorageError> {
-        Err(StorageError(self.0.clone()))
+        Err(StorageError(self.0.to_string()))
     }
 }
 
-/// Buffers a mim's output for the host and owns its store.
+/// Buffers a mim's output for the host, owns its store and the link to the host.
 pub struct WorkerHost {
     out: RefCell<Vec<u8>>,
-    store: Result<SledStore, NoStore>,
+    store: OnceCell<Result<SledStore, NoStore>>,
+    link: RefCell<Link>,
 }
 
 impl WorkerHost {
-    /// A host over the store in `store_dir` (a store that fails to open makes every
-    /// storage call throw, and the mim still serves).
-    pub fn new(store_dir: &std::path::Path) -> Self {
-        let store = SledStore::open(store_dir).map_err(|e| NoStore(e.0));
-        Self { out: RefCell::new(Vec::with_capacity(64 * 1024)), store }
+    /// A host over `link`; the store opens with the first load.
+    pub fn new(link: Link) -> Self {
+        Self {
+            out: RefCell::new(Vec::with_capacity(64 * 1024)),
+            store: OnceCell::new(),
+            link: RefCell::new(link),
+        }
+    }
+
+    /// Opens the store in `store_dir` unless open (a store that fails to open makes
+    /// every storage call throw, and the mim still serves).
+    pub fn open_store(&self, store_dir: &std::path::Path) {
+        self.store
+            .get_or_init(|| SledStore::open(store_dir).map_err(|e| NoStore(Cow::Owned(e.0))));
+    }
+
+    /// Messages from the host (see [`Link::receive`]).
+    pub fn receive(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Vec<ToWorker>, LinkClosed> {
+        self.link.borrow_mut().receive(timeout)
+    }
+
+    /// Sends everything buffered (after making the store durable).
+    pub fn flush(&self) -> Result<(), LinkClosed> {
+        let out = self.take_output();
+        self.link.borrow_mut().write(&out)
     }
 
     /// Queues a frame for the host.
@@ -49,7 +77,7 @@ impl WorkerHost {
     /// Makes the store durable if this turn wrote to it, then hands over the buffered
     /// frames: nothing leaves the worker before the writes it depends on are on disk.
     pub fn take_output(&self) -> Vec<u8> {
-        if let Ok(store) = &self.store {
+        if let Some(Ok(store)) = self.store.get() {
             if let Err(e) = store.flush_if_dirty() {
                 self.log(LogLevel::Error, &format!("store flush failed: {e}"));
             }
@@ -60,7 +88,11 @@ impl WorkerHost {
 
 impl HostApi for WorkerHost {
     fn http_start(&self, id: u64, status: u16, headers: Vec<(String, String)>) {
-        self.send(&FromWorker::HttpStart { id, status, headers });
+        self.send(&FromWorker::HttpStart {
+            id,
+            status,
+            headers,
+        });
     }
 
     fn http_chunk(&self, id: u64, chunk: String) {
@@ -72,7 +104,12 @@ impl HostApi for WorkerHost {
     }
 
     fn http_full(&self, id: u64, status: u16, headers: Vec<(String, String)>, body: String) {
-        self.send(&FromWorker::HttpFull { id, status, headers, body });
+        self.send(&FromWorker::HttpFull {
+            id,
+            status,
+            headers,
+            body,
+        });
     }
 
     fn dispatch(&self, frames: Vec<String>) {
@@ -86,13 +123,44 @@ impl HostApi for WorkerHost {
             LogLevel::Warn => 2,
             LogLevel::Error => 3,
         };
-        self.send(&FromWorker::Log { level, message: message.to_string() });
+        self.send(&FromWorker::Log {
+            level,
+            message: message.to_string(),
+        });
     }
 
     fn storage(&self) -> &dyn Storage {
-        match &self.store {
-            Ok(s) => s,
-            Err(e) => e,
+        match self.store.get() {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => e,
+            None => &NOT_LOADED,
         }
+    }
+
+    fn ws_accept(&self, id: u64, data: String, protocols: Vec<String>) {
+        self.send(&FromWorker::WsAccept {
+            id,
+            data,
+            protocols,
+        });
+    }
+
+    fn ws(&self, op: WsOp) {
+        self.send(&FromWorker::Ws(op));
+    }
+
+    /// Sends the query with everything before it, then waits for the answer; requests
+    /// arriving meanwhile wait their turn.
+    fn ws_query(&self, query: WsQuery) -> WsAnswer {
+        self.send(&FromWorker::WsQuery(query));
+        let fallback = WsAnswer::Size(0);
+        if self.flush().is_err() {
+            return fallback;
+        }
+        let answer = self.link.borrow_mut().wait_for(|m| match m {
+            ToWorker::WsAnswer(a) => Some(a.clone()),
+            _ => None,
+        });
+        answer.unwrap_or_else(|_| std::process::exit(0))
     }
 }

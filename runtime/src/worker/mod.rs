@@ -5,12 +5,13 @@
 //! write. A watchdog thread ends the process when it grows past its memory limit.
 
 mod host;
+mod link;
 
-use crate::ipc::{decode_frames, FromWorker, ToWorker};
+use crate::ipc::{FromWorker, ToWorker};
 use host::WorkerHost;
+use link::Link;
 use mimhost_bindings::{HttpRequest, Isolate, LogLevel, MimSpec};
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -28,7 +29,10 @@ const JS_STACK_BYTES: usize = 512 * 1024 * 1024;
 
 /// Runs the worker process; returns its exit code.
 pub fn run() -> i32 {
-    if let Some(limit) = std::env::var(MEMORY_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(limit) = std::env::var(MEMORY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         std::thread::spawn(move || watch_memory(limit));
     }
     // SAFETY: the host started this process with the socket on IPC_FD and nothing else
@@ -51,11 +55,17 @@ fn watch_memory(limit: u64) {
         std::thread::sleep(Duration::from_millis(20));
         let resident = std::fs::read_to_string("/proc/self/statm")
             .ok()
-            .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+            .and_then(|s| {
+                s.split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u64>().ok())
+            })
             .unwrap_or(0)
             * page;
         if resident > limit {
-            eprintln!("mimhost worker: {resident} bytes resident is over the {limit}-byte limit; exiting");
+            eprintln!(
+                "mimhost worker: {resident} bytes resident is over the {limit}-byte limit; exiting"
+            );
             std::process::exit(EXIT_MEMORY);
         }
     }
@@ -67,71 +77,48 @@ struct Loaded {
     spec: MimSpec,
 }
 
-/// The JavaScript thread's loop.
-fn serve(mut stream: UnixStream) -> i32 {
-    let mut inbox = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut host: Option<Rc<WorkerHost>> = None;
+/// The JavaScript thread's loop: take what the host sent, run it, run due timers,
+/// then send every answer of the turn in one write.
+fn serve(stream: UnixStream) -> i32 {
+    let host = Rc::new(WorkerHost::new(Link::new(stream)));
     let mut loaded: Option<Loaded> = None;
     let mut next_timer: Option<Duration> = None;
     loop {
-        if wait_readable(&stream, next_timer) {
-            let n = match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return 0,
-                Ok(n) => n,
-            };
-            inbox.extend_from_slice(&chunk[..n]);
-            let messages = match decode_frames::<ToWorker>(&mut inbox) {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("mimhost worker: {e}");
-                    return 65;
+        let Ok(messages) = host.receive(next_timer) else {
+            return 0;
+        };
+        let mut done_seq = None;
+        for message in messages {
+            match message {
+                ToWorker::Shutdown => {
+                    let _ = host.flush();
+                    return 0;
                 }
-            };
-            for message in messages {
-                match message {
-                    ToWorker::Shutdown => {
-                        if let Some(h) = &host {
-                            let _ = stream.write_all(&h.take_output());
-                        }
-                        return 0;
-                    }
-                    ToWorker::Load { spec, store_dir } => {
-                        let h = host.get_or_insert_with(|| Rc::new(WorkerHost::new(&store_dir)));
-                        load(h, spec, &mut loaded);
-                    }
-                    ToWorker::Ping { id } => {
-                        if let Some(h) = &host {
-                            h.send(&FromWorker::Pong { id });
-                        }
-                    }
-                    ToWorker::Http { id, request } => {
-                        if let Some(h) = &host {
-                            handle_http(h, &mut loaded, id, &request);
-                        }
-                    }
+                ToWorker::Load { spec, store_dir } => {
+                    host.open_store(&store_dir);
+                    load(&host, spec, &mut loaded);
                 }
+                ToWorker::Ping { id } => host.send(&FromWorker::Pong { id }),
+                ToWorker::Http { id, request } => handle_http(&host, &mut loaded, id, &request),
+                ToWorker::Ws { seq, event } => {
+                    if let Some(l) = loaded.as_mut() {
+                        guarded(&host, l, |isolate| isolate.handle_ws(&event));
+                    }
+                    done_seq = Some(seq);
+                }
+                ToWorker::WsAnswer(_) => {}
             }
         }
-        if let (Some(h), Some(l)) = (&host, loaded.as_mut()) {
-            next_timer = guarded(h, l, |isolate| isolate.run_timers()).flatten();
+        if let Some(seq) = done_seq {
+            host.send(&FromWorker::Done { seq });
         }
-        if let Some(h) = &host {
-            let out = h.take_output();
-            if !out.is_empty() && stream.write_all(&out).is_err() {
-                return 0;
-            }
+        if let Some(l) = loaded.as_mut() {
+            next_timer = guarded(&host, l, |isolate| isolate.run_timers()).flatten();
+        }
+        if host.flush().is_err() {
+            return 0;
         }
     }
-}
-
-/// Blocks until the socket is readable or `timeout` passes; true when readable.
-fn wait_readable(stream: &UnixStream, timeout: Option<Duration>) -> bool {
-    let mut fds = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-    // SAFETY: one valid pollfd for the duration of the call.
-    let ready = unsafe { libc::poll(&mut fds, 1, ms) };
-    ready > 0
 }
 
 /// Loads (or hot swaps to) `spec`; a failed load keeps the previous code.
@@ -149,12 +136,19 @@ fn load(host: &Rc<WorkerHost>, spec: MimSpec, loaded: &mut Option<Loaded>) {
 }
 
 /// Runs `f` on the isolate; a Boa panic rebuilds the context from the same code.
-fn guarded<R>(host: &Rc<WorkerHost>, loaded: &mut Loaded, f: impl FnOnce(&mut Isolate) -> R) -> Option<R> {
+fn guarded<R>(
+    host: &Rc<WorkerHost>,
+    loaded: &mut Loaded,
+    f: impl FnOnce(&mut Isolate) -> R,
+) -> Option<R> {
     match catch_unwind(AssertUnwindSafe(|| f(&mut loaded.isolate))) {
         Ok(r) => Some(r),
         Err(_) => {
             use mimhost_bindings::HostApi;
-            host.log(LogLevel::Error, "the JavaScript engine panicked; rebuilding the context");
+            host.log(
+                LogLevel::Error,
+                "the JavaScript engine panicked; rebuilding the context",
+            );
             match Isolate::load(&loaded.spec, host.clone()) {
                 Ok(isolate) => loaded.isolate = isolate,
                 Err(e) => host.log(LogLevel::Error, &format!("rebuild failed: {e}")),

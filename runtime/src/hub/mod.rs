@@ -1,0 +1,336 @@
+//! The registry of WebSocket sessions, groups and client ids, and the one fan-out path
+//! every send goes through (dispatch channel, `send`, `sendToGroup`, `sendToAll`,
+//! replies).
+//!
+//! A frame is encoded once into `Bytes` and the same bytes are queued for every
+//! recipient. Each session has a bounded queue drained by its own task; a session
+//! whose queue is full is closed with 1008 and counted, and never slows a sender.
+//! What crosses nodes goes through a [`Backplane`]; [`LocalBackplane`] is the
+//! single-node one.
+
+mod session;
+
+pub use session::{Outgoing, SessionHandle, SessionKind};
+
+use crate::supervisor::WorkerEvents;
+use crate::ws::codec::{close, text_frame};
+use bytes::Bytes;
+use mimhost_bindings::{SessionInfo, WsAnswer, WsOp, WsQuery};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Sessions accepted since start.
+    pub sessions_opened: AtomicU64,
+    /// Frames queued for sessions.
+    pub frames_sent: AtomicU64,
+    /// Frames dropped because their session's queue was full.
+    pub frames_dropped: AtomicU64,
+    /// Sessions closed 1008 for falling behind.
+    pub slow_closed: AtomicU64,
+}
+
+/// Carries hub traffic between nodes. The local one has nothing to carry.
+pub trait Backplane: Send + Sync + 'static {
+    /// Frames for a container's dispatch channel were delivered locally; other nodes
+    /// should deliver them to their sessions too.
+    fn publish_dispatch(&self, container: &str, frames: &[String]);
+}
+
+/// The single-node backplane.
+pub struct LocalBackplane;
+
+impl Backplane for LocalBackplane {
+    fn publish_dispatch(&self, _: &str, _: &[String]) {}
+}
+
+#[derive(Default)]
+struct HubState {
+    /// Every open session by id.
+    sessions: HashMap<String, Arc<SessionHandle>>,
+    /// Container -> its sessions on the dispatch channel.
+    channels: HashMap<String, HashMap<String, Arc<SessionHandle>>>,
+    /// Container -> all of its sessions.
+    by_container: HashMap<String, HashMap<String, Arc<SessionHandle>>>,
+    /// (container, group) -> member session ids, in a stable order.
+    groups: HashMap<(String, String), BTreeSet<String>>,
+}
+
+/// Sessions, groups and fan-out of this node.
+pub struct Hub {
+    state: RwLock<HubState>,
+    backplane: Arc<dyn Backplane>,
+    node_id: String,
+    started: u64,
+    counter: AtomicU64,
+    /// Counters for `/metrics`.
+    pub stats: HubStats,
+}
+
+impl Hub {
+    /// An empty hub for node `node_id`.
+    pub fn new(node_id: &str, backplane: Arc<dyn Backplane>) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self {
+            state: RwLock::default(),
+            backplane,
+            node_id: node_id.to_string(),
+            started,
+            counter: AtomicU64::new(0),
+            stats: HubStats::default(),
+        }
+    }
+
+    /// A session id unique across nodes (node id) and restarts (start time).
+    pub fn new_session_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{:x}-{:x}", self.node_id, self.started, n)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HubState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HubState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds an accepted session.
+    pub fn register(&self, session: Arc<SessionHandle>) {
+        self.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.write();
+        let id = session.info.id.clone();
+        let container = session.container.clone();
+        if session.kind == SessionKind::Dispatch {
+            st.channels
+                .entry(container.clone())
+                .or_default()
+                .insert(id.clone(), session.clone());
+        }
+        st.by_container
+            .entry(container)
+            .or_default()
+            .insert(id.clone(), session.clone());
+        st.sessions.insert(id, session);
+    }
+
+    /// Removes a closed session from everything, its groups included.
+    pub fn unregister(&self, session: &SessionHandle) {
+        let mut guard = self.write();
+        let st = &mut *guard;
+        let id = &session.info.id;
+        st.sessions.remove(id);
+        for map in [&mut st.channels, &mut st.by_container] {
+            if let Some(m) = map.get_mut(&session.container) {
+                m.remove(id);
+                if m.is_empty() {
+                    map.remove(&session.container);
+                }
+            }
+        }
+        for group in session.take_groups() {
+            let key = (session.container.clone(), group);
+            if let Some(members) = st.groups.get_mut(&key) {
+                members.remove(id);
+                if members.is_empty() {
+                    st.groups.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Queues `frame` for `session`; a session that cannot take it is closed 1008.
+    fn deliver(&self, session: &SessionHandle, frame: &Bytes) {
+        if session.enqueue(frame.clone()) {
+            self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            if session.close_slow() {
+                self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(container = %session.container, session = %session.info.id,
+                    "closed 1008: the client fell too far behind");
+            }
+        }
+    }
+
+    /// Sends each frame to every session on `container`'s dispatch channel, in order.
+    pub fn dispatch(&self, container: &str, frames: &[String]) {
+        self.dispatch_local(container, frames);
+        self.backplane.publish_dispatch(container, frames);
+    }
+
+    /// Delivers dispatch frames to this node's sessions only.
+    pub fn dispatch_local(&self, container: &str, frames: &[String]) {
+        let st = self.read();
+        let Some(members) = st.channels.get(container) else {
+            return;
+        };
+        for text in frames {
+            let frame = text_frame(text);
+            for session in members.values() {
+                self.deliver(session, &frame);
+            }
+        }
+    }
+
+    /// Applies one WebSocket operation of `container`'s code.
+    pub fn apply(&self, container: &str, op: WsOp) {
+        match op {
+            WsOp::Reply { session, body, end } => {
+                if let Some(s) = self.session_of(container, &session) {
+                    if let Some(body) = body {
+                        self.deliver(&s, &text_frame(&body));
+                    }
+                    if end {
+                        s.close(close::NORMAL, "");
+                    }
+                }
+            }
+            WsOp::Send { session, text } => {
+                if let Some(s) = self.session_of(container, &session) {
+                    self.deliver(&s, &text_frame(&text));
+                }
+            }
+            WsOp::SendToGroup { group, text } => {
+                let frame = text_frame(&text);
+                let st = self.read();
+                let members = st.groups.get(&(container.to_string(), group));
+                for id in members.into_iter().flatten() {
+                    if let Some(s) = st.sessions.get(id) {
+                        self.deliver(s, &frame);
+                    }
+                }
+            }
+            WsOp::SendToAll { text } => {
+                let frame = text_frame(&text);
+                let st = self.read();
+                for s in st
+                    .by_container
+                    .get(container)
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                {
+                    self.deliver(s, &frame);
+                }
+            }
+            WsOp::AddToGroup { group, session } => {
+                if let Some(s) = self.session_of(container, &session) {
+                    s.join_group(&group);
+                    self.write()
+                        .groups
+                        .entry((container.to_string(), group))
+                        .or_default()
+                        .insert(session);
+                }
+            }
+            WsOp::RemoveFromGroup { group, session } => {
+                if let Some(s) = self.session_of(container, &session) {
+                    s.leave_group(&group);
+                }
+                let mut st = self.write();
+                let key = (container.to_string(), group);
+                if let Some(members) = st.groups.get_mut(&key) {
+                    members.remove(&session);
+                    if members.is_empty() {
+                        st.groups.remove(&key);
+                    }
+                }
+            }
+            WsOp::Close {
+                session,
+                code,
+                reason,
+            } => {
+                if let Some(s) = self.session_of(container, &session) {
+                    s.close(code, &reason);
+                }
+            }
+            WsOp::SetClientId { session, client_id } => {
+                if let Some(s) = self.session_of(container, &session) {
+                    s.set_client_id(&client_id);
+                }
+            }
+        }
+    }
+
+    /// Answers a question of `container`'s code.
+    pub fn query(&self, container: &str, query: WsQuery) -> WsAnswer {
+        let st = self.read();
+        let members = |group: String| st.groups.get(&(container.to_string(), group));
+        match query {
+            WsQuery::GroupSize(g) => WsAnswer::Size(members(g).map_or(0, |m| m.len() as u64)),
+            WsQuery::GroupMembers(g) => {
+                WsAnswer::Members(members(g).map_or_else(Vec::new, |m| m.iter().cloned().collect()))
+            }
+        }
+    }
+
+    fn session_of(&self, container: &str, id: &str) -> Option<Arc<SessionHandle>> {
+        self.read()
+            .sessions
+            .get(id)
+            .filter(|s| s.container == container)
+            .cloned()
+    }
+
+    /// The open sessions of `container` (for a restarted worker to learn them).
+    pub fn sessions_of(&self, container: &str) -> Vec<SessionInfo> {
+        self.read()
+            .by_container
+            .get(container)
+            .map(|m| m.values().map(|s| s.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Closes every session of `container` with `code` (container deleted: 1001).
+    pub fn close_container(&self, container: &str, code: u16, reason: &str) {
+        for s in self
+            .read()
+            .by_container
+            .get(container)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            s.close(code, reason);
+        }
+    }
+
+    /// Closes every session (host shutdown: 1001).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for s in self.read().sessions.values() {
+            s.close(code, reason);
+        }
+    }
+
+    /// How many sessions are open.
+    pub fn session_count(&self) -> usize {
+        self.read().sessions.len()
+    }
+}
+
+impl WorkerEvents for Hub {
+    fn on_dispatch(&self, container: &str, frames: Vec<String>) {
+        self.dispatch(container, &frames);
+    }
+
+    fn on_ws(&self, container: &str, op: WsOp) {
+        self.apply(container, op);
+    }
+
+    fn on_query(&self, container: &str, query: WsQuery) -> WsAnswer {
+        self.query(container, query)
+    }
+
+    fn sessions_of(&self, container: &str) -> Vec<SessionInfo> {
+        Hub::sessions_of(self, container)
+    }
+
+    fn on_stopped(&self, container: &str) {
+        self.close_container(container, close::GOING_AWAY, "container stopped");
+    }
+}

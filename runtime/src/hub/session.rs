@@ -1,0 +1,152 @@
+//! The hub's handle on one session: its bounded send queue and how to close it.
+
+use bytes::Bytes;
+use mimhost_bindings::SessionInfo;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use tokio::sync::{mpsc, Notify};
+
+/// Most frames a session may have queued before it counts as too slow.
+pub const MAX_QUEUED_FRAMES: usize = 4096;
+/// Most bytes a session may have queued before it counts as too slow.
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Which endpoint a session came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// `/ws<BASE_API_PATH>`: receives `dispatchWebSocketEvent` frames.
+    Dispatch,
+    /// An upgrade accepted by the container's `get()`.
+    Controller,
+}
+
+/// Something for the session's task to write.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// An encoded frame (shared between recipients).
+    Frame(Bytes),
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+/// The hub's side of a session.
+pub struct SessionHandle {
+    /// What the session looked like when it opened.
+    pub info: SessionInfo,
+    /// Its container.
+    pub container: String,
+    /// Its endpoint.
+    pub kind: SessionKind,
+    queue: mpsc::Sender<Outgoing>,
+    queued_bytes: AtomicUsize,
+    slow: AtomicBool,
+    /// Wakes the session task when it must drop everything and close 1008.
+    pub kill: Notify,
+    groups: Mutex<Vec<String>>,
+    client_id: Mutex<Option<String>>,
+}
+
+impl SessionHandle {
+    /// A handle and the receiving end of its queue.
+    pub fn new(
+        info: SessionInfo,
+        container: String,
+        kind: SessionKind,
+    ) -> (Self, mpsc::Receiver<Outgoing>) {
+        let (queue, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
+        let handle = Self {
+            info,
+            container,
+            kind,
+            queue,
+            queued_bytes: AtomicUsize::new(0),
+            slow: AtomicBool::new(false),
+            kill: Notify::new(),
+            groups: Mutex::new(Vec::new()),
+            client_id: Mutex::new(None),
+        };
+        (handle, rx)
+    }
+
+    /// Queues a frame; false when the queue is over its frame or byte bound.
+    pub fn enqueue(&self, frame: Bytes) -> bool {
+        if self.slow.load(Ordering::Relaxed) {
+            return false;
+        }
+        let len = frame.len();
+        if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        if self.queue.try_send(Outgoing::Frame(frame)).is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The session's task wrote `len` queued bytes.
+    pub fn written(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Marks the session too slow and wakes its task to close it 1008; true the first time.
+    pub fn close_slow(&self) -> bool {
+        let first = !self.slow.swap(true, Ordering::Relaxed);
+        if first {
+            self.kill.notify_one();
+        }
+        first
+    }
+
+    /// Whether the session was found too slow.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    /// Asks the session to close after what is already queued.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self
+            .queue
+            .try_send(Outgoing::Close(code, reason.to_string()))
+            .is_err()
+            && self.close_slow()
+        {
+            tracing::debug!(session = %self.info.id, "close requested on a full queue: closing now");
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records membership of `group` (so closing leaves it).
+    pub fn join_group(&self, group: &str) {
+        let mut g = Self::lock(&self.groups);
+        if !g.iter().any(|x| x == group) {
+            g.push(group.to_string());
+        }
+    }
+
+    /// Forgets membership of `group`.
+    pub fn leave_group(&self, group: &str) {
+        Self::lock(&self.groups).retain(|x| x != group);
+    }
+
+    /// The groups joined, emptied.
+    pub fn take_groups(&self) -> Vec<String> {
+        std::mem::take(&mut *Self::lock(&self.groups))
+    }
+
+    /// Binds a client id (Mesa style); the session id until one is bound.
+    pub fn set_client_id(&self, client_id: &str) {
+        *Self::lock(&self.client_id) = Some(client_id.to_string());
+    }
+
+    /// The bound client id, or the session id.
+    pub fn client_id(&self) -> String {
+        Self::lock(&self.client_id)
+            .clone()
+            .unwrap_or_else(|| self.info.id.clone())
+    }
+}

@@ -1,0 +1,93 @@
+//! The worker's end of the socket: framed reads with a backlog, so a blocking query
+//! can wait for its answer while requests that arrive meanwhile queue up in order.
+
+use crate::ipc::{decode_frames, ToWorker};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// The host went away or spoke gibberish: the worker must exit.
+#[derive(Debug)]
+pub struct LinkClosed;
+
+/// Framed, buffered access to the host socket.
+pub struct Link {
+    stream: UnixStream,
+    inbox: Vec<u8>,
+    chunk: Box<[u8]>,
+    backlog: VecDeque<ToWorker>,
+}
+
+impl Link {
+    /// Wraps the socket inherited from the host.
+    pub fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            inbox: Vec::new(),
+            chunk: vec![0; 64 * 1024].into_boxed_slice(),
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// Writes bytes to the host.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), LinkClosed> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.stream.write_all(bytes).map_err(|_| LinkClosed)
+    }
+
+    /// Every message available now (waiting up to `timeout`, forever when `None`);
+    /// empty when the wait ran out.
+    pub fn receive(&mut self, timeout: Option<Duration>) -> Result<Vec<ToWorker>, LinkClosed> {
+        if !self.backlog.is_empty() {
+            return Ok(self.backlog.drain(..).collect());
+        }
+        if !self.wait_readable(timeout) {
+            return Ok(Vec::new());
+        }
+        self.read_some()?;
+        Ok(self.backlog.drain(..).collect())
+    }
+
+    /// Blocks until a message matching `pick` arrives; others stay queued, in order.
+    pub fn wait_for<T>(
+        &mut self,
+        mut pick: impl FnMut(&ToWorker) -> Option<T>,
+    ) -> Result<T, LinkClosed> {
+        loop {
+            if let Some(at) = self.backlog.iter().position(|m| pick(m).is_some()) {
+                let message = self.backlog.remove(at).ok_or(LinkClosed)?;
+                return pick(&message).ok_or(LinkClosed);
+            }
+            self.read_some()?;
+        }
+    }
+
+    fn read_some(&mut self) -> Result<(), LinkClosed> {
+        let n = match self.stream.read(&mut self.chunk) {
+            Ok(0) | Err(_) => return Err(LinkClosed),
+            Ok(n) => n,
+        };
+        self.inbox.extend_from_slice(&self.chunk[..n]);
+        let messages = decode_frames::<ToWorker>(&mut self.inbox).map_err(|e| {
+            eprintln!("mimhost worker: {e}");
+            LinkClosed
+        })?;
+        self.backlog.extend(messages);
+        Ok(())
+    }
+
+    fn wait_readable(&self, timeout: Option<Duration>) -> bool {
+        let mut fds = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut fds, 1, ms) > 0 }
+    }
+}

@@ -1,0 +1,8 @@
+//! WebSocket sessions: the upgrade handshake on hyper's connection, and each session's
+//! task that reads client frames and writes queued ones.
+
+pub mod codec;
+mod session;
+mod upgrade;
+
+pub use upgrade::{is_upgrade, upgrade};

@@ -1,0 +1,240 @@
+//! One session's task: reads client frames and turns them into events for the
+//! container, writes what the hub queued (many frames per write), pings idle peers
+//! and reaps dead ones. It owns the socket; the hub only holds its queue.
+
+use super::codec::{close, close_frame, ping_frame, pong_frame, Decoder, Incoming, Violation};
+use crate::hub::{Hub, Outgoing, SessionHandle};
+use crate::registry::Container;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use mimhost_bindings::WsEvent;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Largest message a client may send (bigger: close 1009).
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// Most bytes written to the socket in one go.
+const MAX_BATCH: usize = 256 * 1024;
+/// How long a session closing for slowness waits for the socket before dropping it.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// How often an idle session is pinged; a peer silent for two of these is reaped.
+pub fn ping_interval() -> Duration {
+    std::env::var("MIMHOST_PING_INTERVAL")
+        .ok()
+        .and_then(|v| crate::config::parse_duration(&v).ok())
+        .unwrap_or(Duration::from_secs(30))
+}
+
+/// Everything a session task needs.
+pub struct Session {
+    /// The socket, taken from hyper after the upgrade.
+    pub stream: TcpStream,
+    /// Bytes hyper had read past the upgrade request.
+    pub already_read: Bytes,
+    /// The hub's handle on this session.
+    pub handle: Arc<SessionHandle>,
+    /// Its queue.
+    pub queue: mpsc::Receiver<Outgoing>,
+    /// The container its events go to.
+    pub container: Arc<Container>,
+    /// The hub.
+    pub hub: Arc<Hub>,
+}
+
+/// What one read of the socket found.
+enum Read {
+    Data,
+    Nothing,
+    Closed,
+}
+
+/// Why the loop ended: the close code for the `close` event.
+enum End {
+    Closed(u16),
+}
+
+impl Session {
+    /// Runs the session until either side closes it.
+    pub async fn run(mut self) {
+        self.event("open", None, false, None);
+        let End::Closed(code) = self.serve().await;
+        self.hub.unregister(&self.handle);
+        self.event("close", None, false, Some(code));
+    }
+
+    fn event(&self, kind: &str, message: Option<String>, binary: bool, close_code: Option<u16>) {
+        let info = (kind == "open").then(|| self.handle.info.clone());
+        self.container.supervisor.ws_event(WsEvent {
+            session: self.handle.info.id.clone(),
+            info,
+            kind: kind.into(),
+            message,
+            binary,
+            close_code,
+            error: None,
+        });
+    }
+
+    async fn serve(&mut self) -> End {
+        let mut decoder = Decoder::new(MAX_MESSAGE);
+        let mut inbox = BytesMut::from(&self.already_read[..]);
+        let mut ping = tokio::time::interval(ping_interval());
+        ping.tick().await;
+        let mut heard = true;
+        if let Some(end) = self.take_messages(&mut decoder, &mut inbox).await {
+            return end;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.handle.kill.notified() => return self.close_slow().await,
+                out = self.queue.recv() => match out {
+                    Some(first) => if let Some(end) = self.write_batch(first).await { return end },
+                    None => return End::Closed(close::GOING_AWAY),
+                },
+                ready = self.stream.readable() => {
+                    if ready.is_err() {
+                        return End::Closed(1006);
+                    }
+                    match self.read_available(&mut inbox) {
+                        Read::Data => heard = true,
+                        Read::Nothing => continue,
+                        Read::Closed => return End::Closed(1006),
+                    }
+                    if let Some(end) = self.take_messages(&mut decoder, &mut inbox).await {
+                        return end;
+                    }
+                    if inbox.is_empty() {
+                        inbox = BytesMut::new(); // an idle session holds no read buffer
+                    }
+                }
+                _ = ping.tick() => {
+                    if !heard {
+                        tracing::debug!(session = %self.handle.info.id, "reaped: no answer to ping");
+                        return End::Closed(1006);
+                    }
+                    heard = false;
+                    if self.stream.write_all(&ping_frame()).await.is_err() {
+                        return End::Closed(1006);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has now.
+    fn read_available(&mut self, inbox: &mut BytesMut) -> Read {
+        let mut got = false;
+        loop {
+            inbox.reserve(8192);
+            match self.stream.try_read_buf(inbox) {
+                Ok(0) => return if got { Read::Data } else { Read::Closed },
+                Ok(_) => {
+                    got = true;
+                    if inbox.len() > MAX_MESSAGE + 16 {
+                        return Read::Data;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return if got { Read::Data } else { Read::Nothing };
+                }
+                Err(_) => return Read::Closed,
+            }
+        }
+    }
+
+    /// Handles every complete message in `inbox`; Some when the session must end.
+    async fn take_messages(&mut self, decoder: &mut Decoder, inbox: &mut BytesMut) -> Option<End> {
+        loop {
+            match decoder.next(inbox) {
+                Ok(None) => return None,
+                Ok(Some(Incoming::Text(text))) => self.event("message", Some(text), false, None),
+                Ok(Some(Incoming::Binary(data))) => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+                    self.event("message", Some(b64), true, None);
+                }
+                Ok(Some(Incoming::Ping(payload))) => {
+                    if self.stream.write_all(&pong_frame(&payload)).await.is_err() {
+                        return Some(End::Closed(1006));
+                    }
+                }
+                Ok(Some(Incoming::Pong)) => {}
+                Ok(Some(Incoming::Close(code))) => {
+                    let code = code.unwrap_or(1005);
+                    let echo = if code == 1005 { close::NORMAL } else { code };
+                    let _ = self.stream.write_all(&close_frame(echo, "")).await;
+                    return Some(End::Closed(code));
+                }
+                Err(Violation(code)) => {
+                    let _ = self.stream.write_all(&close_frame(code, "")).await;
+                    return Some(End::Closed(code));
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, up to a batch, in one write.
+    async fn write_batch(&mut self, first: Outgoing) -> Option<End> {
+        let mut batch = BytesMut::new();
+        let mut closing = None;
+        let mut next = Some(first);
+        let mut single: Option<Bytes> = None;
+        while let Some(out) = next.take() {
+            match out {
+                Outgoing::Frame(frame) => {
+                    self.handle.written(frame.len());
+                    if single.is_none() && batch.is_empty() {
+                        single = Some(frame);
+                    } else {
+                        if let Some(s) = single.take() {
+                            batch.extend_from_slice(&s);
+                        }
+                        batch.extend_from_slice(&frame);
+                    }
+                }
+                Outgoing::Close(code, reason) => {
+                    closing = Some((code, reason));
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = self.queue.try_recv().ok();
+            }
+        }
+        let bytes = single.unwrap_or_else(|| batch.freeze());
+        if !bytes.is_empty() {
+            let write = self.stream.write_all(&bytes);
+            tokio::pin!(write);
+            let finished = tokio::select! {
+                r = &mut write => r.is_ok(),
+                _ = self.handle.kill.notified() => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut write).await;
+                    return Some(self.close_slow().await);
+                }
+            };
+            if !finished {
+                return Some(End::Closed(1006));
+            }
+        }
+        if let Some((code, reason)) = closing {
+            let _ = self.stream.write_all(&close_frame(code, &reason)).await;
+            let _ = self.stream.shutdown().await;
+            return Some(End::Closed(code));
+        }
+        None
+    }
+
+    /// Drops what is queued and closes 1008 (the client fell too far behind).
+    async fn close_slow(&mut self) -> End {
+        self.queue.close();
+        while self.queue.try_recv().is_ok() {}
+        let frame = close_frame(close::POLICY, "client too slow");
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.stream.write_all(&frame)).await;
+        let _ = self.stream.shutdown().await;
+        End::Closed(close::POLICY)
+    }
+}

@@ -1,0 +1,252 @@
+//! The WebSocket handshake: which endpoint an upgrade is for, asking the container's
+//! `get()` when it is a controller upgrade, and the 101 answer.
+
+use super::session::Session;
+use crate::host::HostState;
+use crate::http::{json_error, Body};
+use crate::hub::{SessionHandle, SessionKind};
+use crate::registry::Container;
+use crate::supervisor::HttpPart;
+use base64::Engine;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    UPGRADE,
+};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use mimhost_bindings::{HttpRequest, SessionInfo};
+use sha1::{Digest, Sha1};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Whether `req` asks for a WebSocket upgrade.
+pub fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let has = |name, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    has(CONNECTION, "upgrade") && has(UPGRADE, "websocket")
+}
+
+/// Answers a WebSocket upgrade: the dispatch channel `/ws<BASE_API_PATH>` or a
+/// controller upgrade under a container's base path.
+pub async fn upgrade(
+    state: &Arc<HostState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY).cloned() else {
+        return json_error(400, "WebSocket upgrade without Sec-WebSocket-Key");
+    };
+    let path = req.uri().path().to_string();
+    if let Some(channel) = path.strip_prefix("/ws") {
+        let channel = channel.trim_end_matches('/');
+        if let Some((container, rest)) = state.registry.route(channel) {
+            if rest == "/" && container.base_path == channel {
+                if !websocket_enabled(&container) {
+                    return json_error(
+                        404,
+                        &format!("container {} has no WebSocket support: deploy it with env WEBSOCKET_SUPPORT=\"true\"", container.name),
+                    );
+                }
+                let info = session_info(state, &req, peer, "null".into());
+                return accept(
+                    state,
+                    req,
+                    &key,
+                    container,
+                    info,
+                    SessionKind::Dispatch,
+                    None,
+                );
+            }
+        }
+    }
+    let Some((container, rest)) = state.registry.route(&path) else {
+        return json_error(404, &format!("no container serves {path}"));
+    };
+    let request = upgrade_request(&req, rest, peer, state.local_port);
+    let deadline = Instant::now() + state.config.handler_timeout;
+    let mut invocation = match container.supervisor.http(request, deadline).await {
+        Ok(i) => i,
+        Err(e) => return json_error(503, &e.to_string()),
+    };
+    let answer = tokio::time::timeout_at(deadline, invocation.parts.recv()).await;
+    match answer {
+        Ok(Some(HttpPart::Accept { data, protocols })) => {
+            let info = session_info(state, &req, peer, data);
+            let chosen = choose_protocol(&req, &protocols);
+            accept(
+                state,
+                req,
+                &key,
+                container,
+                info,
+                SessionKind::Controller,
+                chosen,
+            )
+        }
+        Ok(Some(HttpPart::Full {
+            status,
+            headers,
+            body,
+        })) => {
+            let mut resp = Response::new(crate::http::full(body));
+            *resp.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            for (n, v) in headers {
+                if let (Ok(n), Ok(v)) = (
+                    hyper::header::HeaderName::from_bytes(n.as_bytes()),
+                    HeaderValue::from_str(&v),
+                ) {
+                    resp.headers_mut().append(n, v);
+                }
+            }
+            resp
+        }
+        Ok(Some(HttpPart::Failed { message })) => json_error(500, &message),
+        Ok(Some(_)) => json_error(500, "a streamed answer cannot refuse a WebSocket upgrade"),
+        Ok(None) => json_error(500, "the worker dropped the upgrade request"),
+        Err(_) => {
+            let supervisor = container.supervisor.clone();
+            let (id, generation) = (invocation.id, invocation.generation);
+            tokio::spawn(async move { supervisor.overran(id, generation).await });
+            json_error(
+                504,
+                &format!(
+                    "{} did not answer the upgrade within the handler timeout",
+                    container.name
+                ),
+            )
+        }
+    }
+}
+
+fn websocket_enabled(container: &Container) -> bool {
+    let env = container.supervisor.spec().env;
+    ["WEBSOCKET_SUPPORT", "MCM.WEBSOCKET_SUPPORT"]
+        .iter()
+        .any(|k| env.get(*k).is_some_and(|v| v == "true"))
+}
+
+/// The first subprotocol of the client's that the mim offers.
+fn choose_protocol(req: &Request<Incoming>, offered: &[String]) -> Option<String> {
+    req.headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
+        .map(str::trim)
+        .find(|p| offered.iter().any(|o| o == p))
+        .map(str::to_string)
+}
+
+fn session_info(
+    state: &HostState,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    data: String,
+) -> SessionInfo {
+    let headers = crate::http::header_map(req.headers());
+    SessionInfo {
+        id: state.hub.new_session_id(),
+        path: req.uri().path().to_string(),
+        params: crate::http::parse_query(req.uri().query().unwrap_or("")),
+        peer: crate::http::client_address(&headers, peer),
+        headers,
+        method: req.method().as_str().to_string(),
+        data,
+    }
+}
+
+fn upgrade_request(
+    req: &Request<Incoming>,
+    rest: String,
+    peer: SocketAddr,
+    port: u16,
+) -> HttpRequest {
+    let mut request = crate::http::request_data(
+        req.method(),
+        req.uri(),
+        req.headers(),
+        rest,
+        Bytes::new(),
+        peer,
+        port,
+    );
+    request.web_socket = true;
+    request
+}
+
+/// Sends 101 and starts the session once hyper hands over the socket.
+fn accept(
+    state: &Arc<HostState>,
+    req: Request<Incoming>,
+    key: &HeaderValue,
+    container: Arc<Container>,
+    info: SessionInfo,
+    kind: SessionKind,
+    protocol: Option<String>,
+) -> Response<Body> {
+    let mut resp = Response::new(crate::http::full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept_key(key.as_bytes())) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        h.insert(SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    let hub = state.hub.clone();
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!("upgrade failed: {e}"),
+        };
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(p) => p,
+            Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
+        };
+        let (handle, queue) = SessionHandle::new(info, container.name.clone(), kind);
+        let handle = Arc::new(handle);
+        hub.register(handle.clone());
+        let session = Session {
+            stream: parts.io.into_inner(),
+            already_read: parts.read_buf,
+            handle,
+            queue,
+            container,
+            hub,
+        };
+        session.run().await;
+    });
+    resp
+}
+
+/// `Sec-WebSocket-Accept` for a client key (RFC 6455 section 4.2.2).
+fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_matches_the_rfc_example() {
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaGEAZOo0Y4FAKEYmo="
+        );
+    }
+}
