@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::{loose_string, mim_json, send, Host, Mims};
+use support::{loose_string, mim_json, send, serve, Host, Mims};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A route-style mim that echoes the `request` object it gets.
@@ -52,14 +52,9 @@ exports.put = () => ({ body: 'plain', contentType: 'text/plain' });
 exports.delete = () => ({ body: [1, 2, 3] });
 "#;
 
-/// Starts a host serving the given `(path, source)` mim files.
-async fn host_with(files: &[(&str, &str)]) -> (Mims, Host) {
-    let mims = files
-        .iter()
-        .fold(Mims::new(), |mims, (rel, src)| mims.with(rel, src));
-    let host = Host::start(&mims.path()).await;
-    (mims, host)
-}
+/// A mim answering `POST /size/` with the length of the body it got.
+const SIZE: &str =
+    "app.post('/', (request, response) => response.end(String(request.body.length)));";
 
 /// `headers[name]` looked up case-insensitively, as a string.
 fn header_field<'a>(headers: &'a Value, name: &str) -> &'a str {
@@ -83,7 +78,7 @@ fn assert_query_has(query: &Value, key: &str, value: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn route_style_request_shape() {
-    let (_mims, host) = host_with(&[("routes/index.js", ROUTES)]).await;
+    let (_mims, host) = serve(&[("routes/index.js", ROUTES)]).await;
 
     let reply = send(
         host.request(Method::GET, "/routes/users/42?page=1")
@@ -140,7 +135,7 @@ async fn route_style_request_shape() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn route_style_methods_wildcard_context_and_unknown_route() {
-    let (_mims, host) = host_with(&[("routes/index.js", ROUTES)]).await;
+    let (_mims, host) = serve(&[("routes/index.js", ROUTES)]).await;
 
     for (method, body) in [
         (Method::PUT, "put"),
@@ -177,7 +172,7 @@ mimikModule.exports = (context, request, response) => {
   }));
 };
 "#;
-    let (_mims, host) = host_with(&[
+    let (_mims, host) = serve(&[
         ("bundle/index.js", bundle),
         ("bundle/mim.json", &mim_json(&[("GREETING", "hi")])),
     ])
@@ -202,7 +197,7 @@ mimikModule.exports = (context, request, response) => {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn controller_request_shape_and_json_bodies() {
-    let (_mims, host) = host_with(&[("ctl/index.js", CONTROLLER)]).await;
+    let (_mims, host) = serve(&[("ctl/index.js", CONTROLLER)]).await;
 
     let reply = send(
         host.request(Method::GET, "/ctl/items?color=red")
@@ -246,7 +241,7 @@ module.exports = {
 };
 "#;
     let get_only = "exports.get = () => ({ body: 'only-get' });";
-    let (_mims, host) = host_with(&[
+    let (_mims, host) = serve(&[
         ("ctl/index.js", CONTROLLER),
         ("ctlall/index.js", all),
         ("ctlget/index.js", get_only),
@@ -283,7 +278,7 @@ export function get(req) { return { body: greet(req.params.name) }; }
 export async function post(req) { await null; return { status: 202, body: { echoed: req.body } }; }
 "#;
     let lib = "export function greet(name) { return 'hello ' + name; }";
-    let (_mims, host) = host_with(&[("esm/index.js", index), ("esm/lib.js", lib)]).await;
+    let (_mims, host) = serve(&[("esm/index.js", index), ("esm/lib.js", lib)]).await;
 
     host.get("/esm/x?name=bob").await.assert_ok("hello bob");
     let reply = host.post("/esm/x", "hi").await;
@@ -298,7 +293,7 @@ const { double } = require('./util');
 const helper = require('./sub/helper.js');
 exports.get = () => ({ body: helper.wrap(String(double(21))) });
 "#;
-    let (_mims, host) = host_with(&[
+    let (_mims, host) = serve(&[
         ("req/index.js", index),
         ("req/util.js", "exports.double = (n) => n * 2;"),
         (
@@ -324,7 +319,7 @@ app.get('/route', (request, response) => response.end('app'));
 exports.get = () => ({ body: 'exports-get' });
 exports.all = (req) => ({ body: 'exports-all:' + req.method });
 "#;
-    let (_mims, host) = host_with(&[
+    let (_mims, host) = serve(&[
         ("first/index.js", app_mimik_exports),
         ("second/index.js", app_exports),
     ])
@@ -344,7 +339,7 @@ async fn base_paths_single_file_override_and_longest_match() {
     let echo = |name: &str| {
         format!("mimikModule.exports = (c, request, response) => response.end('{name}:' + request.url);")
     };
-    let (_mims, host) = host_with(&[
+    let (_mims, host) = serve(&[
         (
             "solo.js",
             "app.get('/hi', (request, response) => response.end('solo'));",
@@ -387,8 +382,7 @@ app.get('/ok', (request, response) => response.end('still-ok'));
 exports.get = () => { throw new Error('boom-ctl'); };
 exports.post = async () => { throw new Error('boom-ctl-async'); };
 "#;
-    let (_mims, host) =
-        host_with(&[("boom/index.js", routes), ("ctlboom/index.js", controller)]).await;
+    let (_mims, host) = serve(&[("boom/index.js", routes), ("ctlboom/index.js", controller)]).await;
 
     for (path, message) in [
         ("/boom/throw", "boom-sync"),
@@ -410,10 +404,7 @@ exports.post = async () => { throw new Error('boom-ctl-async'); };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn body_over_max_body_is_413() {
-    let mims = Mims::new().with(
-        "size/index.js",
-        "app.post('/', (request, response) => response.end(String(request.body.length)));",
-    );
+    let mims = Mims::from_files(&[("size/index.js", SIZE)]);
     let host = Host::start_with(&mims.path(), &["--max-body", "1024"]).await;
 
     host.post("/size/", "x".repeat(1024))
@@ -428,11 +419,7 @@ async fn body_over_max_body_is_413() {
 #[tokio::test(flavor = "multi_thread")]
 async fn default_body_limit_is_10_mib() {
     const LIMIT: usize = 10 * 1024 * 1024;
-    let mims = Mims::new().with(
-        "size/index.js",
-        "app.post('/', (request, response) => response.end(String(request.body.length)));",
-    );
-    let host = Host::start(&mims.path()).await;
+    let (_mims, host) = serve(&[("size/index.js", SIZE)]).await;
 
     host.post("/size/", "x".repeat(LIMIT))
         .await
@@ -497,7 +484,7 @@ app.get('/many', (request, response) => {
   response.end();
 });
 "#;
-    let (_mims, host) = host_with(&[("stream/index.js", stream)]).await;
+    let (_mims, host) = serve(&[("stream/index.js", stream)]).await;
 
     let mut response = host
         .request(Method::GET, "/stream/chunks")
@@ -568,7 +555,7 @@ exports.get = async () => {
   return { body: { done: true, n: 2 } };
 };
 "#;
-    let (_mims, host) = host_with(&[
+    let (_mims, host) = serve(&[
         ("timers/index.js", routes),
         ("asyncctl/index.js", controller),
     ])
@@ -594,7 +581,7 @@ app.get('/hang', () => {});
 app.get('/pending', () => new Promise(() => {}));
 app.get('/ok', (request, response) => response.end('ok'));
 "#;
-    let (_mims, host) = host_with(&[("never/index.js", routes)]).await;
+    let (_mims, host) = serve(&[("never/index.js", routes)]).await;
 
     for path in ["/never/hang", "/never/pending"] {
         let started = Instant::now();
@@ -618,7 +605,7 @@ app.get('/log', (request, response) => {
   response.end('logged');
 });
 "#;
-    let (_mims, host) = host_with(&[("chatty/index.js", routes)]).await;
+    let (_mims, host) = serve(&[("chatty/index.js", routes)]).await;
 
     host.get("/chatty/log").await.assert_ok("logged");
     for marker in ["console-marker-7431", "log-info-marker-7432"] {

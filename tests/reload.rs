@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{poll_until, Host, Mims};
+use support::{poll_until, serve, Host};
 
 /// How long a change may take to show.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,10 +49,11 @@ async fn editing_a_mim_swaps_its_code_without_restart() {
              app.get('/version', (request, response) => response.end('{tag}:' + lib));\n"
         )
     };
-    let mims = Mims::new()
-        .with("live/index.js", &index("one"))
-        .with("live/lib.js", "module.exports = 'a';");
-    let host = Host::start(&mims.path()).await;
+    let (mims, host) = serve(&[
+        ("live/index.js", &index("one")),
+        ("live/lib.js", "module.exports = 'a';"),
+    ])
+    .await;
     host.get("/live/version").await.assert_ok("one:a");
 
     mims.write("live/index.js", &index("two"));
@@ -63,8 +64,7 @@ async fn editing_a_mim_swaps_its_code_without_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_edit_keeps_the_old_version_and_logs_the_position() {
-    let mims = Mims::new().with("live/index.js", &versioned("v1"));
-    let host = Host::start(&mims.path()).await;
+    let (mims, host) = serve(&[("live/index.js", &versioned("v1"))]).await;
     host.get("/live/version").await.assert_ok("v1");
 
     // The syntax error is on line 3.
@@ -86,8 +86,7 @@ async fn a_broken_edit_keeps_the_old_version_and_logs_the_position() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn new_mims_start_serving() {
-    let mims = Mims::new().with("first/index.js", &versioned("first"));
-    let host = Host::start(&mims.path()).await;
+    let (mims, host) = serve(&[("first/index.js", &versioned("first"))]).await;
     host.get("/first/version").await.assert_ok("first");
     host.get("/fresh/version").await.assert_error(404);
     host.get("/solo/version").await.assert_error(404);

@@ -7,7 +7,7 @@ mod support;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::{loose_string, mim_json, send, Host, Mims};
+use support::{loose_string, mim_json, send, serve, Host, Mims};
 
 /// A route-style mim exposing every `context.storage` method over HTTP.
 /// `/items` and `/tagged/:tag` list `[key, value]` pairs; the `/first/:n`
@@ -61,11 +61,9 @@ app.get('/info', (request, response) => json(response, context.info));
 
 /// Starts a host with one copy of [`STORE`] per name in `names`.
 async fn store_host(names: &[&str]) -> (Mims, Host) {
-    let mims = names.iter().fold(Mims::new(), |mims, name| {
-        mims.with(&format!("{name}/index.js"), STORE)
-    });
-    let host = Host::start(&mims.path()).await;
-    (mims, host)
+    let paths: Vec<String> = names.iter().map(|n| format!("{n}/index.js")).collect();
+    let files: Vec<(&str, &str)> = paths.iter().map(|p| (p.as_str(), STORE)).collect();
+    serve(&files).await
 }
 
 /// `getItem(key)` in mim `mim`; also checks a present value is a string.
@@ -247,18 +245,19 @@ async fn each_container_has_its_own_store() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn env_and_info_describe_the_container() {
-    let mims = Mims::new()
-        .with("store/index.js", STORE)
-        .with(
+    let (_mims, host) = serve(&[
+        ("store/index.js", STORE),
+        (
             "store/mim.json",
             &mim_json(&[("GREETING", "hello"), ("MODE", "test")]),
-        )
-        .with("custom/index.js", STORE)
-        .with(
+        ),
+        ("custom/index.js", STORE),
+        (
             "custom/mim.json",
             &mim_json(&[("MCM.BASE_API_PATH", "/custom/v1")]),
-        );
-    let host = Host::start(&mims.path()).await;
+        ),
+    ])
+    .await;
 
     let env = get_json(&host, "/store/env").await;
     assert_eq!(env["GREETING"], "hello");

@@ -1,5 +1,9 @@
 //! `mimhost`: run JavaScript microservices (mims) in Boa behind a native HTTP server.
 
+mod client;
+mod deploy;
+mod pack;
+
 use clap::{Parser, Subcommand};
 use mimhost_runtime::config::{parse_duration, parse_size};
 use mimhost_runtime::Config;
@@ -8,7 +12,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "mimhost", version, about = "Run JavaScript microservices (mims) in Boa behind a native HTTP and WebSocket server")]
+#[command(
+    name = "mimhost",
+    version,
+    about = "Run JavaScript microservices (mims) in Boa behind a native HTTP and WebSocket server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,6 +26,14 @@ struct Cli {
 enum Command {
     /// Serve the mims folder and deployed containers.
     Serve(ServeArgs),
+    /// Pack a mim (folder or .js file) and deploy it: create the container or hot swap it.
+    Deploy(deploy::DeployArgs),
+    /// Pack a mim folder into a docker-save image tar.
+    Pack(pack::PackArgs),
+    /// List the containers of a host.
+    Ls(deploy::LsArgs),
+    /// Stop and remove a container.
+    Rm(deploy::RmArgs),
     /// Internal: a container's worker process (started by `serve`).
     #[command(hide = true)]
     Worker,
@@ -55,6 +71,9 @@ struct ServeArgs {
     /// Largest request body for a container, in bytes (e.g. 10MiB).
     #[arg(long, env = "MIMHOST_MAX_BODY", default_value = "10MiB", value_parser = parse_size)]
     max_body: u64,
+    /// Largest image upload to the MCM API (e.g. 64MiB).
+    #[arg(long, env = "MIMHOST_MAX_IMAGE", default_value = "64MiB", value_parser = parse_size)]
+    max_image: u64,
 }
 
 impl From<ServeArgs> for Config {
@@ -70,6 +89,7 @@ impl From<ServeArgs> for Config {
             mim_memory: a.mim_memory,
             watch: !a.no_watch,
             max_body: a.max_body as usize,
+            max_image: a.max_image as usize,
         }
     }
 }
@@ -78,6 +98,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker => std::process::exit(mimhost_runtime::worker::run()),
+        Command::Deploy(args) => deploy::deploy(&args),
+        Command::Pack(args) => pack::run(&args),
+        Command::Ls(args) => deploy::ls(&args),
+        Command::Rm(args) => deploy::rm(&args),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)

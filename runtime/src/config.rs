@@ -27,6 +27,8 @@ pub struct Config {
     pub watch: bool,
     /// Largest HTTP request body for a container, in bytes.
     pub max_body: usize,
+    /// Largest image upload to the MCM API, in bytes.
+    pub max_image: usize,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             mim_memory: 256 * 1024 * 1024,
             watch: true,
             max_body: 10 * 1024 * 1024,
+            max_image: 64 * 1024 * 1024,
         }
     }
 }
@@ -49,15 +52,23 @@ impl Default for Config {
 /// Parses a duration like `30s`, `500ms`, `2m` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let n: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration (try 30s or 500ms)"))?;
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (try 30s or 500ms)"))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "" | "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown duration unit '{other}' in '{text}' (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' in '{text}' (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -65,15 +76,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a size like `256MiB`, `64MB`, `1GiB`, `512k` or a bare number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let n: f64 = number.parse().map_err(|_| format!("'{text}' is not a size (try 256MiB)"))?;
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (try 256MiB)"))?;
     let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" | "kib" => 1024.0,
         "m" | "mb" | "mib" => 1024.0 * 1024.0,
         "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit '{other}' in '{text}' (use KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' in '{text}' (use KiB, MiB or GiB)"
+            ))
+        }
     };
     Ok((n * factor) as u64)
 }

@@ -2,9 +2,10 @@
 //! and shuts them down in order.
 
 use crate::config::Config;
+use crate::hub::{Hub, LocalBackplane};
 use crate::mims_dir::{self, NodeFacts};
 use crate::registry::Registry;
-use crate::supervisor::{WorkerEvents, WorkerLimits};
+use crate::supervisor::WorkerLimits;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,15 +20,14 @@ pub struct HostState {
     pub registry: Arc<Registry>,
     /// The port actually bound.
     pub local_port: u16,
-}
-
-/// Receives worker output that is not an HTTP answer.
-struct Events;
-
-impl WorkerEvents for Events {
-    fn on_dispatch(&self, container: &str, frames: Vec<String>) {
-        tracing::debug!(container, "{} dispatch frames (no sessions yet)", frames.len());
-    }
+    /// The MCM API token (`Authorization: Bearer <token>`).
+    pub token: String,
+    /// The MCM API's images and deployed containers.
+    pub mcm: Arc<crate::mcm::Mcm>,
+    /// Counters for `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// WebSocket sessions, groups and fan-out.
+    pub hub: Arc<Hub>,
 }
 
 /// Errors that stop the host from starting.
@@ -42,7 +42,9 @@ pub enum HostError {
         source: std::io::Error,
     },
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source} (is another host running? try --listen 127.0.0.1:0)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another host running? try --listen 127.0.0.1:0)"
+    )]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
@@ -53,25 +55,57 @@ pub enum HostError {
 
 /// Runs the host until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> Result<(), HostError> {
-    let data_error = |source| HostError::Data { path: config.data.display().to_string(), source };
+    let data_error = |source| HostError::Data {
+        path: config.data.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(&config.data).map_err(data_error)?;
     let token = ensure_token(&config).map_err(data_error)?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| HostError::Listen { addr: config.listen, source })?;
-    let local = listener.local_addr().map_err(|source| HostError::Listen { addr: config.listen, source })?;
+        .map_err(|source| HostError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| HostError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let node = NodeFacts {
         http_port: local.port(),
         node_id: config.node_id.clone().unwrap_or_else(random_node_id),
     };
-    let limits = WorkerLimits { handler_timeout: config.handler_timeout, memory_bytes: config.mim_memory };
-    let registry = Arc::new(Registry::new(config.data.clone(), limits, Arc::new(Events)));
+    let limits = WorkerLimits {
+        handler_timeout: config.handler_timeout,
+        memory_bytes: config.mim_memory,
+    };
+    let hub = Arc::new(Hub::new(&node.node_id, Arc::new(LocalBackplane)));
+    let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));
     let seen = mims_dir::load_all(&registry, &config.mims, &node).await;
     if config.watch {
-        tokio::spawn(mims_dir::watch(registry.clone(), config.mims.clone(), node.clone(), seen));
+        tokio::spawn(mims_dir::watch(
+            registry.clone(),
+            config.mims.clone(),
+            node.clone(),
+            seen,
+        ));
     }
-    let _ = token;
-    let state = Arc::new(HostState { config, registry: registry.clone(), local_port: local.port() });
+    let mcm = Arc::new(crate::mcm::Mcm::open(
+        &config,
+        registry.clone(),
+        node.clone(),
+    ));
+    mcm.restore().await;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let state = Arc::new(HostState {
+        config,
+        registry: registry.clone(),
+        local_port: local.port(),
+        token,
+        mcm,
+        metrics,
+        hub: hub.clone(),
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     // The port is bound above but not served before everything is loaded, so a
     // client that connects can use every mim.
@@ -82,6 +116,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    hub.close_all(crate::ws::codec::close::GOING_AWAY, "host shutting down");
     let _ = server.await;
     registry.stop_all().await;
     tracing::info!("stopped");
@@ -109,7 +144,12 @@ fn ensure_token(config: &Config) -> std::io::Result<String> {
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())
 }
 

@@ -4,11 +4,15 @@
 pub mod config;
 pub mod host;
 pub mod http;
+pub mod hub;
 pub mod ipc;
+pub mod mcm;
+pub mod metrics;
 pub mod mims_dir;
 pub mod registry;
 pub mod store;
 pub mod supervisor;
 pub mod worker;
+pub mod ws;
 
 pub use config::Config;

@@ -61,7 +61,11 @@ pub fn scan(dir: &Path, node: &NodeFacts) -> Vec<FoundMim> {
                 continue;
             }
         };
-        let fingerprint = if path.is_dir() { fingerprint_tree(&path) } else { fingerprint_file(&path) };
+        let fingerprint = if path.is_dir() {
+            fingerprint_tree(&path)
+        } else {
+            fingerprint_file(&path)
+        };
         let spec = MimSpec {
             base_path: base_path_for(&name, &env),
             name,
@@ -82,10 +86,18 @@ fn read_mim_json(mim: &Path) -> Result<BTreeMap<String, String>, String> {
     if !file.is_file() {
         return Ok(BTreeMap::new());
     }
-    let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     serde_json::from_str::<MimJson>(&text)
         .map(|m| m.env)
-        .map_err(|e| format!("{}:{}:{}: invalid mim.json: {e}", file.display(), e.line(), e.column()))
+        .map_err(|e| {
+            format!(
+                "{}:{}:{}: invalid mim.json: {e}",
+                file.display(),
+                e.line(),
+                e.column()
+            )
+        })
 }
 
 fn fingerprint_file(path: &Path) -> u64 {
@@ -108,7 +120,9 @@ fn fingerprint_tree(dir: &Path) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
         paths.sort();
         for p in paths {
@@ -138,7 +152,12 @@ pub async fn load_all(registry: &Registry, dir: &Path, node: &NodeFacts) -> Hash
 
 /// Applies what changed in the folder since `seen`: new mims start, changed ones hot
 /// swap (a failed load keeps the previous version), removed ones stop.
-pub async fn apply_changes(registry: &Registry, dir: &Path, node: &NodeFacts, seen: &mut HashMap<String, u64>) {
+pub async fn apply_changes(
+    registry: &Registry,
+    dir: &Path,
+    node: &NodeFacts,
+    seen: &mut HashMap<String, u64>,
+) {
     let found = scan(dir, node);
     for mim in &found {
         let name = &mim.spec.name;
@@ -153,21 +172,34 @@ pub async fn apply_changes(registry: &Registry, dir: &Path, node: &NodeFacts, se
             }
             Some(c) if c.origin == Origin::MimsFolder => {
                 registry.remove(name).await;
-                registry.start(mim.spec.clone(), Origin::MimsFolder).await.map(|_| ())
+                registry
+                    .start(mim.spec.clone(), Origin::MimsFolder)
+                    .await
+                    .map(|_| ())
             }
             Some(_) => Err("a deployed container has this name; the folder copy is ignored".into()),
-            None => registry.start(mim.spec.clone(), Origin::MimsFolder).await.map(|_| ()),
+            None => registry
+                .start(mim.spec.clone(), Origin::MimsFolder)
+                .await
+                .map(|_| ()),
         };
         match result {
-            Ok(()) => tracing::info!(container = %name, "reloaded from {}", mim.spec.root.join(&mim.spec.entry).display()),
-            Err(e) => tracing::error!(container = %name, "reload failed, the previous version keeps serving: {e}"),
+            Ok(()) => {
+                tracing::info!(container = %name, "reloaded from {}", mim.spec.root.join(&mim.spec.entry).display())
+            }
+            Err(e) => {
+                tracing::error!(container = %name, "reload failed, the previous version keeps serving: {e}")
+            }
         }
     }
     let names: Vec<String> = seen.keys().cloned().collect();
     for name in names {
         if !found.iter().any(|m| m.spec.name == name) {
             seen.remove(&name);
-            if registry.get(&name).is_some_and(|c| c.origin == Origin::MimsFolder) {
+            if registry
+                .get(&name)
+                .is_some_and(|c| c.origin == Origin::MimsFolder)
+            {
                 registry.remove(&name).await;
                 tracing::info!(container = %name, "removed: its files are gone from the mims folder");
             }
@@ -176,7 +208,12 @@ pub async fn apply_changes(registry: &Registry, dir: &Path, node: &NodeFacts, se
 }
 
 /// Watches the folder and applies changes until the process ends.
-pub async fn watch(registry: Arc<Registry>, dir: PathBuf, node: NodeFacts, mut seen: HashMap<String, u64>) {
+pub async fn watch(
+    registry: Arc<Registry>,
+    dir: PathBuf,
+    node: NodeFacts,
+    mut seen: HashMap<String, u64>,
+) {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

@@ -64,6 +64,13 @@ impl Mims {
         self.root.path().join("mims")
     }
 
+    /// A `mims/` folder holding `files`, each `(path under mims/, contents)`.
+    pub fn from_files(files: &[(&str, &str)]) -> Self {
+        files.iter().fold(Self::new(), |mims, (rel, contents)| {
+            mims.with(rel, contents)
+        })
+    }
+
     /// Builder form of [`Mims::write`].
     pub fn with(self, rel: &str, contents: &str) -> Self {
         self.write(rel, contents);
@@ -93,6 +100,14 @@ pub fn mim_json(vars: &[(&str, &str)]) -> String {
         .map(|(k, v)| (k.to_string(), Value::from(*v)))
         .collect();
     serde_json::json!({ "env": env }).to_string()
+}
+
+/// Starts a host with the default flags on a new `mims/` folder holding
+/// `files` (see [`Mims::from_files`]).
+pub async fn serve(files: &[(&str, &str)]) -> (Mims, Host) {
+    let mims = Mims::from_files(files);
+    let host = Host::start(&mims.path()).await;
+    (mims, host)
 }
 
 /// A running `mimhost serve`, killed (with its whole process group and every

@@ -10,19 +10,27 @@ pub type Body = BoxBody<Bytes, std::io::Error>;
 
 /// A whole body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A JSON response.
 pub fn json(status: u16, value: serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(value.to_string()));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 /// `{"error":{"status":N,"message":"…"}}` with status N.
 pub fn json_error(status: u16, message: &str) -> Response<Body> {
-    json(status, serde_json::json!({"error": {"status": status, "message": message}}))
+    json(
+        status,
+        serde_json::json!({"error": {"status": status, "message": message}}),
+    )
 }

@@ -3,7 +3,8 @@
 mod body;
 mod container;
 
-pub use body::{json_error, Body};
+pub use body::{full, json, json_error, Body};
+pub use container::{client_address, header_map, parse_query, request_data};
 
 use crate::host::HostState;
 use hyper::body::Incoming;
@@ -20,7 +21,11 @@ use tokio::sync::watch;
 
 /// Accepts connections until `shutdown` turns true, then lets open ones finish
 /// (bounded), telling each to close once its current request is answered.
-pub async fn serve(listener: TcpListener, state: Arc<HostState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HostState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let open = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
@@ -76,6 +81,15 @@ async fn handle(
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return Ok(body::json(200, serde_json::json!({"status": "ok"})));
+    }
+    if path == "/mcm/v1" || path.starts_with("/mcm/v1/") {
+        return Ok(crate::mcm::handle(&state, req).await);
+    }
+    if path == "/metrics" {
+        return Ok(crate::mcm::metrics(&state, peer));
+    }
+    if crate::ws::is_upgrade(&req) {
+        return Ok(crate::ws::upgrade(&state, req, peer).await);
     }
     match state.registry.route(&path) {
         Some((container, rest)) => Ok(container::handle(&state, &container, rest, req, peer).await),

@@ -121,7 +121,11 @@ impl Storage for SledStore {
     fn set(&self, key: &str, value: &str, tag: Option<&str>) -> Result<(), StorageError> {
         let seq = self.db.generate_id().map_err(err)?;
         self.transact(|items, order, tags| {
-            let old = items.get(key)?.map(|b| decode(&b)).transpose().map_err(abort)?;
+            let old = items
+                .get(key)?
+                .map(|b| decode(&b))
+                .transpose()
+                .map_err(abort)?;
             let (seq, old_tag) = match &old {
                 Some(item) => (item.seq, item.tag.clone()),
                 None => (seq, None),
@@ -136,7 +140,11 @@ impl Storage for SledStore {
                 tags.insert(tag_key(t, seq), key.as_bytes())?;
             }
             order.insert(&seq.to_be_bytes(), key.as_bytes())?;
-            let item = Item { seq, tag, value: value.to_string() };
+            let item = Item {
+                seq,
+                tag,
+                value: value.to_string(),
+            };
             items.insert(key.as_bytes(), encode(&item))?;
             Ok(())
         })
@@ -195,7 +203,10 @@ mod tests {
         s.set("b", "1", None).unwrap();
         s.set("a", "2", None).unwrap();
         s.set("b", "3", None).unwrap();
-        assert_eq!(s.items(None).unwrap(), vec![("b".into(), "3".into()), ("a".into(), "2".into())]);
+        assert_eq!(
+            s.items(None).unwrap(),
+            vec![("b".into(), "3".into()), ("a".into(), "2".into())]
+        );
     }
 
     #[test]
@@ -207,7 +218,10 @@ mod tests {
         s.set("u2", "z2", None).unwrap();
         assert_eq!(s.items(Some("users")).unwrap().len(), 2);
         s.set("u1", "x", Some("admins")).unwrap();
-        assert_eq!(s.items(Some("users")).unwrap(), vec![("u2".into(), "z2".into())]);
+        assert_eq!(
+            s.items(Some("users")).unwrap(),
+            vec![("u2".into(), "z2".into())]
+        );
         assert_eq!(s.remove_by_tag("users").unwrap(), 1);
         assert_eq!(s.get("u2").unwrap(), None);
         assert_eq!(s.get("n1").unwrap(), Some("y".into()));
@@ -225,6 +239,9 @@ mod tests {
             s.flush_if_dirty().unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.items(None).unwrap(), vec![("k2".into(), "v2".into()), ("k1".into(), "v1".into())]);
+        assert_eq!(
+            s.items(None).unwrap(),
+            vec![("k2".into(), "v2".into()), ("k1".into(), "v1".into())]
+        );
     }
 }
