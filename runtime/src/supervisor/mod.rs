@@ -493,20 +493,37 @@ impl Supervisor {
     }
 
     /// Pings the worker; one that does not answer at once is stuck in a loop and is
-    /// killed (a replacement starts).
+    /// killed (a replacement starts). New invocations wait for the verdict rather
+    /// than queue behind a loop.
     async fn check_stuck(&self, live: &Arc<Live>) {
+        let paused = {
+            let mut current = lock(&self.live);
+            let same = current.as_ref().is_some_and(|c| c.generation == live.generation);
+            if same {
+                *current = None;
+                live.replace.store(true, Ordering::Relaxed);
+            }
+            same
+        };
         let ping = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&live.pongs).insert(ping, tx);
         let _ = live.to_worker.send(ToWorker::Ping { id: ping });
-        if tokio::time::timeout(PING_GRACE, rx).await.is_err() {
-            lock(&live.pongs).remove(&ping);
-            let reason = format!(
-                "an invocation ran past the handler timeout ({:?})",
-                self.limits.handler_timeout
-            );
-            self.retire(live, &reason);
+        if tokio::time::timeout(PING_GRACE, rx).await.is_ok() {
+            if paused {
+                let mut current = lock(&self.live);
+                if current.is_none() && !self.stopped.load(Ordering::Relaxed) {
+                    live.replace.store(false, Ordering::Relaxed);
+                    *current = Some(live.clone());
+                }
+                drop(current);
+                self.ready.notify_waiters();
+            }
+            return;
         }
+        lock(&live.pongs).remove(&ping);
+        let reason = format!("an invocation ran past the handler timeout ({:?})", self.limits.handler_timeout);
+        self.retire(live, &reason);
     }
 
     /// Kills `live` and stops routing to it at once: new invocations wait for the
