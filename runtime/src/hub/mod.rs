@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// Counters for `/metrics`.
+/// WebSocket counters of one container (shared by its sessions), for `/metrics`.
 #[derive(Debug, Default)]
 pub struct HubStats {
     /// Sessions accepted since start.
@@ -66,8 +66,7 @@ pub struct Hub {
     node_id: String,
     started: u64,
     counter: AtomicU64,
-    /// Counters for `/metrics`.
-    pub stats: HubStats,
+    stats: RwLock<HashMap<String, Arc<HubStats>>>,
 }
 
 impl Hub {
@@ -82,7 +81,7 @@ impl Hub {
             node_id: node_id.to_string(),
             started,
             counter: AtomicU64::new(0),
-            stats: HubStats::default(),
+            stats: RwLock::default(),
         }
     }
 
@@ -100,9 +99,89 @@ impl Hub {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The counters of `container`, made on first use; sessions keep a reference.
+    pub fn stats_for(&self, container: &str) -> Arc<HubStats> {
+        if let Some(s) = self
+            .stats
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(container)
+        {
+            return s.clone();
+        }
+        let mut all = self.stats.write().unwrap_or_else(|p| p.into_inner());
+        all.entry(container.to_string()).or_default().clone()
+    }
+
+    /// Prometheus text for the WebSocket counters, per container.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let open: HashMap<String, usize> = self
+            .read()
+            .by_container
+            .iter()
+            .map(|(c, m)| (c.clone(), m.len()))
+            .collect();
+        let stats = self.stats.read().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<&String> = stats.keys().collect();
+        names.sort();
+        let mut out = String::new();
+        let families: [(&str, &str, &str, fn(&HubStats) -> u64); 4] = [
+            (
+                "mimhost_ws_sessions_opened_total",
+                "counter",
+                "WebSocket sessions accepted",
+                |s| s.sessions_opened.load(Ordering::Relaxed),
+            ),
+            (
+                "mimhost_ws_frames_sent_total",
+                "counter",
+                "frames queued for sessions",
+                |s| s.frames_sent.load(Ordering::Relaxed),
+            ),
+            (
+                "mimhost_ws_frames_dropped_total",
+                "counter",
+                "frames dropped on full session queues",
+                |s| s.frames_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "mimhost_ws_slow_closed_total",
+                "counter",
+                "sessions closed 1008 for falling behind",
+                |s| s.slow_closed.load(Ordering::Relaxed),
+            ),
+        ];
+        let _ = writeln!(
+            out,
+            "# HELP mimhost_ws_sessions open WebSocket sessions\n# TYPE mimhost_ws_sessions gauge"
+        );
+        for name in &names {
+            let _ = writeln!(
+                out,
+                "mimhost_ws_sessions{{container=\"{name}\"}} {}",
+                open.get(*name).copied().unwrap_or(0)
+            );
+        }
+        for (metric, kind, help, get) in families {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            for name in &names {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{container=\"{name}\"}} {}",
+                    get(&stats[*name])
+                );
+            }
+        }
+        out
+    }
+
     /// Adds an accepted session.
     pub fn register(&self, session: Arc<SessionHandle>) {
-        self.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        session
+            .stats
+            .sessions_opened
+            .fetch_add(1, Ordering::Relaxed);
         let mut st = self.write();
         let id = session.info.id.clone();
         let container = session.container.clone();
@@ -147,11 +226,11 @@ impl Hub {
     /// Queues `frame` for `session`; a session that cannot take it is closed 1008.
     fn deliver(&self, session: &SessionHandle, frame: &Bytes) {
         if session.enqueue(frame.clone()) {
-            self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+            session.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            session.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
             if session.close_slow() {
-                self.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+                session.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(container = %session.container, session = %session.info.id,
                     "closed 1008: the client fell too far behind");
             }

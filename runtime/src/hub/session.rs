@@ -1,9 +1,10 @@
 //! The hub's handle on one session: its bounded send queue and how to close it.
 
+use super::HubStats;
 use bytes::Bytes;
 use mimhost_bindings::SessionInfo;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
 /// Most frames a session may have queued before it counts as too slow.
@@ -44,6 +45,8 @@ pub struct SessionHandle {
     pub kill: Notify,
     groups: Mutex<Vec<String>>,
     client_id: Mutex<Option<String>>,
+    /// Its container's counters.
+    pub stats: Arc<HubStats>,
 }
 
 impl SessionHandle {
@@ -52,6 +55,7 @@ impl SessionHandle {
         info: SessionInfo,
         container: String,
         kind: SessionKind,
+        stats: Arc<HubStats>,
     ) -> (Self, mpsc::Receiver<Outgoing>) {
         let (queue, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
         let handle = Self {
@@ -64,6 +68,7 @@ impl SessionHandle {
             kill: Notify::new(),
             groups: Mutex::new(Vec::new()),
             client_id: Mutex::new(None),
+            stats,
         };
         (handle, rx)
     }

@@ -177,7 +177,8 @@ pub fn metrics(state: &HostState, peer: SocketAddr) -> Response<Body> {
     if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
         return json_error(403, "/metrics is served to loopback clients only");
     }
-    let text = state.metrics.render(state.registry.list().len());
+    let mut text = state.metrics.render(state.registry.list().len());
+    text.push_str(&state.hub.render_metrics());
     let mut resp = Response::new(crate::http::full(text));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

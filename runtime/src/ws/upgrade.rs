@@ -216,7 +216,8 @@ fn accept(
             Ok(p) => p,
             Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
         };
-        let (handle, queue) = SessionHandle::new(info, container.name.clone(), kind);
+        let stats = hub.stats_for(&container.name);
+        let (handle, queue) = SessionHandle::new(info, container.name.clone(), kind, stats);
         let handle = Arc::new(handle);
         hub.register(handle.clone());
         let session = Session {
