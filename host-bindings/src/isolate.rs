@@ -157,6 +157,31 @@ impl Isolate {
         self.run_jobs();
     }
 
+    /// Hands the open sessions this isolate knows to `next`, which replaces it (hot swap).
+    pub fn pass_sessions_to(&mut self, next: &mut Isolate) {
+        let exported = self.call_prelude("exportSessions", &[]);
+        if let Some(json) = exported.and_then(|v| v.as_string().map(|s| s.to_std_string_escaped()))
+        {
+            let json = JsValue::from(JsString::from(json.as_str()));
+            next.call_prelude("importSessions", &[json]);
+        }
+    }
+
+    fn call_prelude(&mut self, name: &str, args: &[JsValue]) -> Option<JsValue> {
+        let mimhost = self
+            .context
+            .global_object()
+            .get(js_string!("__mimhost"), &mut self.context)
+            .ok()?;
+        let f = mimhost
+            .as_object()?
+            .get(JsString::from(name), &mut self.context)
+            .ok()?;
+        f.as_callable()?
+            .call(&JsValue::undefined(), args, &mut self.context)
+            .ok()
+    }
+
     /// Runs due timers and pending promise jobs; returns how long until the next timer.
     pub fn run_timers(&mut self) -> Option<Duration> {
         let next = self

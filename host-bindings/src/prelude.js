@@ -543,7 +543,14 @@
   };
   builtins['/lib/xp/websocket'] = function () { return websocketLib; };
 
+  /** The open sessions as JSON, for the isolate that replaces this one. */
+  function exportSessions() { return JSON.stringify(Array.from(sessions.values())); }
+  /** Takes over the open sessions of the isolate this one replaces. */
+  function importSessions(json) { JSON.parse(json).forEach(function (info) { sessions.set(info.id, info); }); }
+
   G.__mimhost = {
+    exportSessions: exportSessions,
+    importSessions: importSessions,
     handleHttp: handleHttp,
     handleWs: handleWs,
     runTimers: runTimers,

@@ -116,7 +116,7 @@ struct Live {
     pongs: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     kill_reason: Mutex<Option<String>>,
     /// Session events sent and not yet acknowledged: (seq, sent at, session id).
-    ws_inflight: Mutex<std::collections::VecDeque<(u64, Instant, String)>>,
+    ws_inflight: Mutex<std::collections::VecDeque<(u64, Instant, WsEvent)>>,
     /// Set when the host retired this worker on purpose and wants a replacement.
     replace: AtomicBool,
 }
@@ -265,7 +265,7 @@ impl Supervisor {
 
     fn send_event(&self, live: &Live, event: WsEvent) {
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&live.ws_inflight).push_back((seq, Instant::now(), event.session.clone()));
+        lock(&live.ws_inflight).push_back((seq, Instant::now(), event.clone()));
         let _ = live.to_worker.send(ToWorker::Ws { seq, event });
     }
 
@@ -421,11 +421,19 @@ impl Supervisor {
                 message: message.clone(),
             });
         }
-        let dropped: Vec<String> = lock(&live.ws_inflight)
+        // The oldest unanswered event is the one the worker died on: its session gets an
+        // `error` event. The worker never started the ones behind it: they go again.
+        let mut unanswered: Vec<WsEvent> = lock(&live.ws_inflight)
             .drain(..)
-            .map(|(_, _, session)| session)
+            .map(|(_, _, e)| e)
             .collect();
-        lock(&self.dropped).extend(dropped);
+        if !unanswered.is_empty() {
+            let culprit = unanswered.remove(0);
+            lock(&self.dropped).push(culprit.session);
+            let mut waiting = lock(&self.waiting);
+            unanswered.append(&mut waiting);
+            *waiting = unanswered;
+        }
         let wanted = was_current || live.replace.load(Ordering::Relaxed);
         if !wanted || self.stopped.load(Ordering::Relaxed) {
             return;
@@ -498,7 +506,9 @@ impl Supervisor {
     async fn check_stuck(&self, live: &Arc<Live>) {
         let paused = {
             let mut current = lock(&self.live);
-            let same = current.as_ref().is_some_and(|c| c.generation == live.generation);
+            let same = current
+                .as_ref()
+                .is_some_and(|c| c.generation == live.generation);
             if same {
                 *current = None;
                 live.replace.store(true, Ordering::Relaxed);
@@ -522,7 +532,10 @@ impl Supervisor {
             return;
         }
         lock(&live.pongs).remove(&ping);
-        let reason = format!("an invocation ran past the handler timeout ({:?})", self.limits.handler_timeout);
+        let reason = format!(
+            "an invocation ran past the handler timeout ({:?})",
+            self.limits.handler_timeout
+        );
         self.retire(live, &reason);
     }
 

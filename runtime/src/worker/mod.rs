@@ -125,7 +125,10 @@ fn serve(stream: UnixStream) -> i32 {
 fn load(host: &Rc<WorkerHost>, spec: MimSpec, loaded: &mut Option<Loaded>) {
     let result = catch_unwind(AssertUnwindSafe(|| Isolate::load(&spec, host.clone())));
     let error = match result {
-        Ok(Ok(isolate)) => {
+        Ok(Ok(mut isolate)) => {
+            if let Some(previous) = loaded.as_mut() {
+                previous.isolate.pass_sessions_to(&mut isolate);
+            }
             *loaded = Some(Loaded { isolate, spec });
             None
         }

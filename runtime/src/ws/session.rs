@@ -79,6 +79,15 @@ impl Session {
         });
     }
 
+    fn error_event(&self, error: &str) {
+        self.container.supervisor.ws_event(WsEvent {
+            session: self.handle.info.id.clone(),
+            kind: "error".into(),
+            error: Some(error.into()),
+            ..WsEvent::default()
+        });
+    }
+
     async fn serve(&mut self) -> End {
         let mut decoder = Decoder::new(MAX_MESSAGE);
         let mut inbox = BytesMut::from(&self.already_read[..]);
@@ -171,6 +180,11 @@ impl Session {
                 }
                 Err(Violation(code)) => {
                     let _ = self.stream.write_all(&close_frame(code, "")).await;
+                    self.error_event(match code {
+                        close::TOO_BIG => "message over the 1 MiB limit",
+                        close::INVALID_DATA => "text frame that is not UTF-8",
+                        _ => "WebSocket protocol error",
+                    });
                     return Some(End::Closed(code));
                 }
             }
