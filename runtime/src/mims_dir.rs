@@ -33,13 +33,23 @@ pub struct NodeFacts {
     pub node_id: String,
 }
 
+/// What a scan of the folder found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Mims ready to run.
+    pub found: Vec<FoundMim>,
+    /// Names of mims present but unreadable (a broken `mim.json`): left as they run.
+    pub broken: Vec<String>,
+}
+
 /// Finds every mim in `dir`: `NAME/index.js` folders and `NAME.js` files.
-/// Mims that cannot be read are logged and left out.
-pub fn scan(dir: &Path, node: &NodeFacts) -> Vec<FoundMim> {
+/// Mims that cannot be read are logged and listed as broken.
+pub fn scan(dir: &Path, node: &NodeFacts) -> Scan {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return Scan::default();
     };
     let mut found = Vec::new();
+    let mut broken = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         let file_name = entry.file_name().to_string_lossy().to_string();
@@ -58,6 +68,7 @@ pub fn scan(dir: &Path, node: &NodeFacts) -> Vec<FoundMim> {
             Ok(env) => env,
             Err(e) => {
                 tracing::error!(container = %name, "{e}");
+                broken.push(name);
                 continue;
             }
         };
@@ -78,7 +89,7 @@ pub fn scan(dir: &Path, node: &NodeFacts) -> Vec<FoundMim> {
         found.push(FoundMim { spec, fingerprint });
     }
     found.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
-    found
+    Scan { found, broken }
 }
 
 fn read_mim_json(mim: &Path) -> Result<BTreeMap<String, String>, String> {
@@ -139,7 +150,7 @@ fn fingerprint_tree(dir: &Path) -> u64 {
 /// Starts every mim in the folder; returns the fingerprints of what was seen.
 pub async fn load_all(registry: &Registry, dir: &Path, node: &NodeFacts) -> HashMap<String, u64> {
     let mut seen = HashMap::new();
-    for mim in scan(dir, node) {
+    for mim in scan(dir, node).found {
         seen.insert(mim.spec.name.clone(), mim.fingerprint);
         let name = mim.spec.name.clone();
         match registry.start(mim.spec, Origin::MimsFolder).await {
@@ -158,7 +169,7 @@ pub async fn apply_changes(
     node: &NodeFacts,
     seen: &mut HashMap<String, u64>,
 ) {
-    let found = scan(dir, node);
+    let Scan { found, broken } = scan(dir, node);
     for mim in &found {
         let name = &mim.spec.name;
         if seen.get(name) == Some(&mim.fingerprint) {
@@ -194,7 +205,7 @@ pub async fn apply_changes(
     }
     let names: Vec<String> = seen.keys().cloned().collect();
     for name in names {
-        if !found.iter().any(|m| m.spec.name == name) {
+        if !found.iter().any(|m| m.spec.name == name) && !broken.contains(&name) {
             seen.remove(&name);
             if registry
                 .get(&name)

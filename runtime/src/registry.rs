@@ -74,7 +74,8 @@ impl Registry {
             .iter()
             .filter_map(|c| {
                 let rest = path.strip_prefix(c.base_path.as_str())?;
-                (rest.is_empty() || rest.starts_with('/') || c.base_path == "/").then(|| (c, rest))
+                (rest.is_empty() || rest.starts_with('/') || c.base_path == "/")
+                    .then_some((c, rest))
             })
             .max_by_key(|(c, _)| c.base_path.len())
             .map(|(c, rest)| {

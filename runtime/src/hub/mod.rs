@@ -20,6 +20,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// A metric family: name, kind, help, and how to read it off a container's counters.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&HubStats) -> u64,
+);
+
 /// WebSocket counters of one container (shared by its sessions), for `/metrics`.
 #[derive(Debug, Default)]
 pub struct HubStats {
@@ -126,7 +134,7 @@ impl Hub {
         let mut names: Vec<&String> = stats.keys().collect();
         names.sort();
         let mut out = String::new();
-        let families: [(&str, &str, &str, fn(&HubStats) -> u64); 4] = [
+        let families: [Family; 4] = [
             (
                 "mimhost_ws_sessions_opened_total",
                 "counter",
