@@ -117,6 +117,10 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     hub.close_all(crate::ws::codec::close::GOING_AWAY, "host shutting down");
+    let closing = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while hub.session_count() > 0 && tokio::time::Instant::now() < closing {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let _ = server.await;
     registry.stop_all().await;
     tracing::info!("stopped");
