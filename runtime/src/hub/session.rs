@@ -3,9 +3,10 @@
 use super::HubStats;
 use bytes::Bytes;
 use mimhost_bindings::SessionInfo;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// Most frames a session may have queued before it counts as too slow.
 pub const MAX_QUEUED_FRAMES: usize = 4096;
@@ -38,7 +39,7 @@ pub struct SessionHandle {
     pub container: String,
     /// Its endpoint.
     pub kind: SessionKind,
-    queue: mpsc::Sender<Outgoing>,
+    queue: SendQueue,
     queued_bytes: AtomicUsize,
     slow: AtomicBool,
     /// Wakes the session task when it must drop everything and close 1008.
@@ -50,27 +51,25 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    /// A handle and the receiving end of its queue.
+    /// A handle with an empty queue.
     pub fn new(
         info: SessionInfo,
         container: String,
         kind: SessionKind,
         stats: Arc<HubStats>,
-    ) -> (Self, mpsc::Receiver<Outgoing>) {
-        let (queue, rx) = mpsc::channel(MAX_QUEUED_FRAMES);
-        let handle = Self {
+    ) -> Self {
+        Self {
             info,
             container,
             kind,
-            queue,
+            queue: SendQueue::default(),
             queued_bytes: AtomicUsize::new(0),
             slow: AtomicBool::new(false),
             kill: Notify::new(),
             groups: Mutex::new(Vec::new()),
             client_id: Mutex::new(None),
             stats,
-        };
-        (handle, rx)
+        }
     }
 
     /// Queues a frame; false when the queue is over its frame or byte bound.
@@ -83,11 +82,26 @@ impl SessionHandle {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return false;
         }
-        if self.queue.try_send(Outgoing::Frame(frame)).is_err() {
+        if !self.queue.push(Outgoing::Frame(frame)) {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return false;
         }
         true
+    }
+
+    /// The next thing to write, waiting for one.
+    pub async fn next_outgoing(&self) -> Outgoing {
+        self.queue.next().await
+    }
+
+    /// The next thing to write, if one is queued.
+    pub fn try_outgoing(&self) -> Option<Outgoing> {
+        self.queue.pop()
+    }
+
+    /// Drops everything queued and refuses more (the session is closing).
+    pub fn discard_queue(&self) {
+        self.queue.close();
     }
 
     /// The session's task wrote `len` queued bytes.
@@ -111,12 +125,7 @@ impl SessionHandle {
 
     /// Asks the session to close after what is already queued.
     pub fn close(&self, code: u16, reason: &str) {
-        if self
-            .queue
-            .try_send(Outgoing::Close(code, reason.to_string()))
-            .is_err()
-            && self.close_slow()
-        {
+        if !self.queue.push(Outgoing::Close(code, reason.to_string())) && self.close_slow() {
             tracing::debug!(session = %self.info.id, "close requested on a full queue: closing now");
         }
     }
@@ -153,5 +162,60 @@ impl SessionHandle {
         Self::lock(&self.client_id)
             .clone()
             .unwrap_or_else(|| self.info.id.clone())
+    }
+}
+
+/// A bounded FIFO with one waiting reader. Unlike a channel it allocates nothing
+/// while empty, which keeps idle sessions small.
+#[derive(Default)]
+struct SendQueue {
+    items: Mutex<VecDeque<Outgoing>>,
+    ready: Notify,
+    closed: AtomicBool,
+}
+
+impl SendQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends; false when full or closed.
+    fn push(&self, item: Outgoing) -> bool {
+        {
+            let mut items = self.lock();
+            if self.closed.load(Ordering::Relaxed) || items.len() >= MAX_QUEUED_FRAMES {
+                return false;
+            }
+            items.push_back(item);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Takes the oldest item; an emptied queue gives its memory back.
+    fn pop(&self) -> Option<Outgoing> {
+        let mut items = self.lock();
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > 16 {
+            *items = VecDeque::new();
+        }
+        item
+    }
+
+    /// Waits for the oldest item.
+    async fn next(&self) -> Outgoing {
+        loop {
+            let notified = self.ready.notified();
+            if let Some(item) = self.pop() {
+                return item;
+            }
+            notified.await;
+        }
+    }
+
+    /// Empties the queue and refuses further items.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        *self.lock() = VecDeque::new();
     }
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 /// Largest message a client may send (bigger: close 1009).
 pub const MAX_MESSAGE: usize = 1024 * 1024;
@@ -37,8 +36,6 @@ pub struct Session {
     pub already_read: Bytes,
     /// The hub's handle on this session.
     pub handle: Arc<SessionHandle>,
-    /// Its queue.
-    pub queue: mpsc::Receiver<Outgoing>,
     /// The container its events go to.
     pub container: Arc<Container>,
     /// The hub.
@@ -101,10 +98,11 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.handle.kill.notified() => return self.close_slow().await,
-                out = self.queue.recv() => match out {
-                    Some(first) => if let Some(end) = self.write_batch(first).await { return end },
-                    None => return End::Closed(close::GOING_AWAY),
-                },
+                first = self.handle.next_outgoing() => {
+                    if let Some(end) = self.write_batch(first).await {
+                        return end;
+                    }
+                }
                 ready = self.stream.readable() => {
                     if ready.is_err() {
                         return End::Closed(1006);
@@ -216,7 +214,7 @@ impl Session {
                 }
             }
             if batch.len() < MAX_BATCH {
-                next = self.queue.try_recv().ok();
+                next = self.handle.try_outgoing();
             }
         }
         let bytes = single.unwrap_or_else(|| batch.freeze());
@@ -244,8 +242,7 @@ impl Session {
 
     /// Drops what is queued and closes 1008 (the client fell too far behind).
     async fn close_slow(&mut self) -> End {
-        self.queue.close();
-        while self.queue.try_recv().is_ok() {}
+        self.handle.discard_queue();
         let frame = close_frame(close::POLICY, "client too slow");
         let _ = tokio::time::timeout(CLOSE_GRACE, self.stream.write_all(&frame)).await;
         let _ = self.stream.shutdown().await;

@@ -217,14 +217,13 @@ fn accept(
             Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
         };
         let stats = hub.stats_for(&container.name);
-        let (handle, queue) = SessionHandle::new(info, container.name.clone(), kind, stats);
+        let handle = SessionHandle::new(info, container.name.clone(), kind, stats);
         let handle = Arc::new(handle);
         hub.register(handle.clone());
         let session = Session {
             stream: parts.io.into_inner(),
             already_read: parts.read_buf,
             handle,
-            queue,
             container,
             hub,
         };
