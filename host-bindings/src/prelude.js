@@ -543,6 +543,24 @@
   };
   builtins['/lib/xp/websocket'] = function () { return websocketLib; };
 
+  // `require('@cryb/mesa')`: Mesa's Message and Dispatcher, delivering to client ids.
+  function MesaMessage(op, d, t) { this.op = op; this.d = d; this.t = t; }
+  function MesaDispatcher(redis, options) {
+    if (redis !== null && typeof redis === 'object' && options === undefined) { options = redis; }
+    options = options || {};
+    this.namespace = options.namespace;
+    this.sync = !!(options.sync && options.sync.enabled);
+  }
+  MesaDispatcher.prototype.dispatch = function (message, recipients, excluding) {
+    if (!message || typeof message !== 'object') throw new TypeError('dispatch(message, recipients): message must be a Message');
+    if (!Array.isArray(recipients)) throw new TypeError('dispatch(message, recipients): recipients must be an array of client ids');
+    var text = JSON.stringify({ op: message.op, d: message.d, t: message.t });
+    wsOp({ DispatchToClients: { text: text, recipients: recipients.map(String), excluding: (excluding || []).map(String), sync: this.sync } });
+    return Promise.resolve();
+  };
+  var mesaLib = { Dispatcher: MesaDispatcher, Message: MesaMessage };
+  builtins['@cryb/mesa'] = function () { return mesaLib; };
+
   /** The open sessions as JSON, for the isolate that replaces this one. */
   function exportSessions() { return JSON.stringify(Array.from(sessions.values())); }
   /** Takes over the open sessions of the isolate this one replaces. */

@@ -99,6 +99,18 @@ pub enum WsOp {
         /// Close reason.
         reason: String,
     },
+    /// Mesa's `dispatcher.dispatch(message, recipients, excluding)`: `text` to every
+    /// session whose client id is in `recipients` (`*`: all), minus `excluding`.
+    DispatchToClients {
+        /// The encoded `{"op","d","t"}` frame.
+        text: String,
+        /// Client ids, or `["*"]`.
+        recipients: Vec<String>,
+        /// Client ids left out (ignored for `*`).
+        excluding: Vec<String>,
+        /// Keep messages for client ids not connected and deliver them on bind.
+        sync: bool,
+    },
     /// `setClientId(id, clientId)`.
     SetClientId {
         /// Session.

@@ -65,7 +65,14 @@ struct HubState {
     by_container: HashMap<String, HashMap<String, Arc<SessionHandle>>>,
     /// (container, group) -> member session ids, in a stable order.
     groups: HashMap<(String, String), BTreeSet<String>>,
+    /// (container, client id) -> sessions bound to it with `setClientId`.
+    clients: HashMap<(String, String), BTreeSet<String>>,
+    /// (container, client id) -> frames kept for a client id not connected (Mesa sync).
+    kept: HashMap<(String, String), Vec<Bytes>>,
 }
+
+/// Most frames kept for one client id that is not connected (Mesa sync).
+const MAX_KEPT_PER_CLIENT: usize = 1024;
 
 /// Sessions, groups and fan-out of this node.
 pub struct Hub {
@@ -220,6 +227,15 @@ impl Hub {
                 }
             }
         }
+        if let Some(client) = session.bound_client_id() {
+            let key = (session.container.clone(), client);
+            if let Some(ids) = st.clients.get_mut(&key) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    st.clients.remove(&key);
+                }
+            }
+        }
         for group in session.take_groups() {
             let key = (session.container.clone(), group);
             if let Some(members) = st.groups.get_mut(&key) {
@@ -338,8 +354,105 @@ impl Hub {
                 }
             }
             WsOp::SetClientId { session, client_id } => {
-                if let Some(s) = self.session_of(container, &session) {
-                    s.set_client_id(&client_id);
+                self.bind_client(container, &session, client_id)
+            }
+            WsOp::DispatchToClients {
+                text,
+                recipients,
+                excluding,
+                sync,
+            } => {
+                self.dispatch_to_clients(
+                    container,
+                    &text_frame(&text),
+                    &recipients,
+                    &excluding,
+                    sync,
+                );
+            }
+        }
+    }
+
+    /// Binds `client_id` to a session (replacing an earlier binding) and hands it
+    /// what was kept for that client id, in order.
+    fn bind_client(&self, container: &str, session: &str, client_id: String) {
+        let Some(s) = self.session_of(container, session) else {
+            return;
+        };
+        let kept = {
+            let mut st = self.write();
+            if let Some(old) = s.bound_client_id() {
+                if let Some(ids) = st.clients.get_mut(&(container.to_string(), old)) {
+                    ids.remove(session);
+                }
+            }
+            let key = (container.to_string(), client_id.clone());
+            st.clients
+                .entry(key.clone())
+                .or_default()
+                .insert(session.to_string());
+            st.kept.remove(&key).unwrap_or_default()
+        };
+        s.set_client_id(&client_id);
+        for frame in &kept {
+            self.deliver(&s, frame);
+        }
+    }
+
+    /// Mesa's dispatch: `frame` to every session of `container` whose client id is in
+    /// `recipients` (`*`: all of them), minus `excluding`; with `sync`, frames for
+    /// client ids not connected are kept for when one binds.
+    pub fn dispatch_to_clients(
+        &self,
+        container: &str,
+        frame: &Bytes,
+        recipients: &[String],
+        excluding: &[String],
+        sync: bool,
+    ) {
+        if recipients.iter().any(|r| r == "*") {
+            let st = self.read();
+            for s in st
+                .by_container
+                .get(container)
+                .into_iter()
+                .flat_map(|m| m.values())
+            {
+                self.deliver(s, frame);
+            }
+            return;
+        }
+        let mut missing = Vec::new();
+        {
+            let st = self.read();
+            for client in recipients.iter().filter(|r| !excluding.contains(r)) {
+                let key = (container.to_string(), client.clone());
+                let bound = st
+                    .clients
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| st.sessions.get(id));
+                let unbound = st
+                    .sessions
+                    .get(client)
+                    .filter(|s| s.container == container && s.bound_client_id().is_none());
+                let mut reached = false;
+                for s in bound.chain(unbound) {
+                    self.deliver(s, frame);
+                    reached = true;
+                }
+                if !reached && sync {
+                    missing.push(key);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let mut st = self.write();
+            for key in missing {
+                let kept = st.kept.entry(key).or_default();
+                if kept.len() < MAX_KEPT_PER_CLIENT {
+                    kept.push(frame.clone());
                 }
             }
         }

@@ -157,11 +157,9 @@ impl SessionHandle {
         *Self::lock(&self.client_id) = Some(client_id.to_string());
     }
 
-    /// The bound client id, or the session id.
-    pub fn client_id(&self) -> String {
-        Self::lock(&self.client_id)
-            .clone()
-            .unwrap_or_else(|| self.info.id.clone())
+    /// The client id bound with `setClientId`, if any (else the session id serves).
+    pub fn bound_client_id(&self) -> Option<String> {
+        Self::lock(&self.client_id).clone()
     }
 }
 
