@@ -247,12 +247,15 @@ struct ManifestEntry {
     layers: Vec<String>,
 }
 
+/// Files by normalised path.
+type Files = BTreeMap<String, Vec<u8>>;
+
 /// Applies the layers named by `manifest.json` in order (with whiteouts).
 fn docker_files(
     outer: &[u8],
     entries: &BTreeMap<String, Range<usize>>,
     budget: &mut Budget,
-) -> Result<(Vec<String>, BTreeMap<String, Vec<u8>>), String> {
+) -> Result<(Vec<String>, Files), String> {
     let manifest_range = entries.get("manifest.json").cloned().unwrap_or(0..0);
     let manifest: Vec<ManifestEntry> = serde_json::from_slice(&outer[manifest_range])
         .map_err(|e| format!("manifest.json is not a docker save manifest: {e}"))?;
