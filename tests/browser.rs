@@ -1,0 +1,146 @@
+//! A real browser against the host: headless Debian Chromium, driven by
+//! playwright-core (`tests/browser/run.mjs`), opens the seed 003 chat page in two
+//! tabs and runs the seed 000 browser snippet on the notify dispatch channel.
+//!
+//! Needs `node`, `/usr/bin/chromium` (or `CHROMIUM`) and
+//! `(cd tests/browser && npm ci)`; without them the test fails when `CI=true` and is
+//! skipped otherwise.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::Mims;
+
+/// The npm project holding the driver script.
+fn project() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser")
+}
+
+/// What is missing to run a browser, if anything.
+fn missing_prerequisite() -> Option<String> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Some(format!(
+            "no Chromium at {chromium} (apt-get install chromium)"
+        ));
+    }
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !node.is_ok_and(|o| o.status.success()) {
+        return Some("no `node` on PATH".into());
+    }
+    if !project()
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        return Some("playwright-core is not installed (cd tests/browser && npm ci)".into());
+    }
+    None
+}
+
+/// Whether the test may run: fails under `CI=true` when something is missing,
+/// otherwise skips with the reason.
+fn can_run() -> bool {
+    match missing_prerequisite() {
+        None => true,
+        Some(reason) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true and the browser test cannot run: {reason}")
+        }
+        Some(reason) => {
+            eprintln!("skipping the browser test: {reason}");
+            false
+        }
+    }
+}
+
+/// The repository's `mims/<name>` copied into `mims`.
+fn copy_repo_mim(mims: &Mims, name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mims")
+        .join(name);
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+        let entry = entry.expect("dir entry");
+        let text = std::fs::read_to_string(entry.path()).expect("read mim file");
+        mims.write(
+            &format!("{name}/{}", entry.file_name().to_string_lossy()),
+            &text,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_chats_in_two_tabs_and_receives_dispatched_events() {
+    if !can_run() {
+        return;
+    }
+    let mims = Mims::new();
+    copy_repo_mim(&mims, "chat");
+    copy_repo_mim(&mims, "notify");
+    let host = support::Host::start(&mims.path()).await;
+
+    let mut driver = tokio::process::Command::new("node");
+    driver
+        .arg(project().join("run.mjs"))
+        .arg(host.url(""))
+        .current_dir(project())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(180), driver.output())
+        .await
+        .expect("the browser driver finished within 180 s")
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let result: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON result; stdout:\n{stdout}\nstderr:\n{stderr}"));
+    assert!(
+        output.status.success() && result["ok"] == true,
+        "browser driver failed ({}): {}\nstderr:\n{stderr}\nhost stderr:\n{}",
+        output.status,
+        result["error"].as_str().unwrap_or(&stdout),
+        host.stderr()
+    );
+
+    // Both tabs show the welcome line first, then both messages in order.
+    for tab in ["a", "b"] {
+        let lines: Vec<&str> = result["chat"][tab]
+            .as_array()
+            .expect("chat lines")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            lines[1..],
+            ["hello from tab A", "and back from tab B"],
+            "tab {tab}: {lines:?}"
+        );
+        assert!(!lines[0].is_empty(), "tab {tab} had no welcome line");
+    }
+
+    let notify = &result["notify"];
+    assert_eq!(notify["answer"], r#"{"sent":true}"#);
+    assert_eq!(
+        notify["received"],
+        serde_json::json!([{ "type": "notification", "message": "New data available" }])
+    );
+    let logged: Vec<&str> = notify["logged"]
+        .as_array()
+        .expect("console lines")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for line in [
+        "Connected to WebSocket",
+        "Event type: notification",
+        "Message: New data available",
+    ] {
+        assert!(logged.contains(&line), "{line:?} not in {logged:?}");
+    }
+}
