@@ -452,9 +452,9 @@ async fn every_error_has_its_status_and_shape() {
     .assert_error(400);
 
     // 405 on a known path with the wrong method.
-    api(&host, Method::PATCH, "/mcm/v1/containers")
-        .await
-        .assert_error(405);
+    let patch = api(&host, Method::PATCH, "/mcm/v1/containers").await;
+    patch.assert_error(405);
+    assert_eq!(patch.header("allow"), "GET, POST");
 
     // None of this hurt the running container.
     host.get("/one/version").await.assert_ok("1");
@@ -963,4 +963,58 @@ async fn deploy_to_first_response_of_a_100_kib_bundle() {
         elapsed.as_millis()
     );
     assert!(elapsed < Duration::from_secs(20), "deploy took {elapsed:?}");
+}
+
+/// The schemathesis command, if installed.
+fn schemathesis() -> Option<&'static str> {
+    ["schemathesis", "st"].into_iter().find(|cmd| {
+        Command::new(cmd).arg("--version").output().is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("version")
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openapi_document_holds_under_schemathesis() {
+    let Some(st) = schemathesis() else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "schemathesis is missing: `python3 -m pip install schemathesis` (.ci/run does)"
+        );
+        eprintln!("skipped: schemathesis is not installed (python3 -m pip install schemathesis)");
+        return;
+    };
+    let mims = Mims::new();
+    let host = Host::start(&mims.path()).await;
+    // The document's example deploys image my-mim-v1; have it, so the calls get through.
+    image_of(&host, "my-mim-v1", "app.get('/', (q, r) => r.end('hi'));").await;
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/mcm-api.yaml");
+    let url = host.url("/mcm/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(st)
+            .args(["run", spec.to_str().expect("utf-8 path"), "--url", &url])
+            .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+            .args([
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance",
+            ])
+            .args(["--max-examples", "40", "-w", "1", "--seed", "7"])
+            .output()
+            .expect("run schemathesis")
+    })
+    .await
+    .expect("schemathesis thread");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "docs/mcm-api.yaml and the API disagree:\n{report}"
+    );
+    assert!(!host.stderr_contains("panicked"), "{}", host.stderr());
 }

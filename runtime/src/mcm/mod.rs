@@ -31,6 +31,8 @@ pub struct ApiError {
     pub status: u16,
     /// What went wrong and, where possible, what to do about it.
     pub message: String,
+    /// The methods a 405 lists in its `Allow` header.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -39,6 +41,7 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            allow: None,
         }
     }
 
@@ -66,7 +69,14 @@ impl ApiError {
         if self.status == 500 {
             tracing::error!("MCM: {}", self.message);
         }
-        json_error(self.status, &self.message)
+        let mut resp = json_error(self.status, &self.message);
+        if let Some(allow) = self.allow {
+            resp.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static(allow),
+            );
+        }
+        resp
     }
 }
 
@@ -154,10 +164,10 @@ pub async fn handle(state: &HostState, req: Request<Incoming>) -> Response<Body>
                 Err(e) => Err(e),
             }
         }
-        (&Method::DELETE, ["containers", id]) => {
-            let purge = query_flag(req.uri().query(), "purge");
-            containers::delete(mcm, id, purge).await
-        }
+        (&Method::DELETE, ["containers", id]) => match query_flag(req.uri().query(), "purge") {
+            Ok(purge) => containers::delete(mcm, id, purge).await,
+            Err(e) => Err(e),
+        },
         (_, ["images"]) => Err(not_allowed("GET, POST")),
         (_, ["containers"]) => Err(not_allowed("GET, POST")),
         (_, ["images", _]) => Err(not_allowed("GET, DELETE")),
@@ -187,8 +197,11 @@ pub fn metrics(state: &HostState, peer: SocketAddr) -> Response<Body> {
     resp
 }
 
-fn not_allowed(allowed: &str) -> ApiError {
-    ApiError::new(405, format!("method not allowed here; use {allowed}"))
+fn not_allowed(allowed: &'static str) -> ApiError {
+    ApiError {
+        allow: Some(allowed),
+        ..ApiError::new(405, format!("method not allowed here; use {allowed}"))
+    }
 }
 
 /// The largest JSON body an MCM call takes.
@@ -219,12 +232,26 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, ApiError
     })
 }
 
-/// Whether `name=true` (or `1`, `yes`, or a bare `name`) is in the query string.
-fn query_flag(query: Option<&str>, name: &str) -> bool {
-    query.unwrap_or("").split('&').any(|pair| {
+/// The boolean query parameter `name`: absent is false; `true`/`1`/`yes` (or a
+/// bare `name`) and `false`/`0`/`no`; anything else is a 400.
+fn query_flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    let mut value = false;
+    for pair in query.unwrap_or("").split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-        k == name && matches!(v, "true" | "1" | "yes" | "")
-    })
+        if percent_decode(k) != name {
+            continue;
+        }
+        value = match percent_decode(v).to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "" => true,
+            "false" | "0" | "no" => false,
+            other => {
+                return Err(ApiError::bad(format!(
+                    "query parameter {name}={other:?} is not a boolean (use true or false)"
+                )))
+            }
+        };
+    }
+    Ok(value)
 }
 
 /// Percent-decodes one path segment (invalid escapes are kept as they are).
@@ -258,10 +285,11 @@ mod tests {
 
     #[test]
     fn flags_and_segments_decode() {
-        assert!(query_flag(Some("purge=true"), "purge"));
-        assert!(query_flag(Some("a=1&purge"), "purge"));
-        assert!(!query_flag(Some("purge=false"), "purge"));
-        assert!(!query_flag(None, "purge"));
+        assert_eq!(query_flag(Some("purge=true"), "purge"), Ok(true));
+        assert_eq!(query_flag(Some("a=1&purge"), "purge"), Ok(true));
+        assert_eq!(query_flag(Some("purge=false"), "purge"), Ok(false));
+        assert_eq!(query_flag(None, "purge"), Ok(false));
+        assert!(query_flag(Some("purge=maybe"), "purge").is_err());
         assert_eq!(percent_decode("my-mim%3Alatest"), "my-mim:latest");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
     }
