@@ -991,8 +991,11 @@ async fn openapi_document_holds_under_schemathesis() {
     image_of(&host, "my-mim-v1", "app.get('/', (q, r) => r.end('hi'));").await;
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/mcm-api.yaml");
     let url = host.url("/mcm/v1");
+    let scratch = tempfile::TempDir::new().expect("temp dir for schemathesis' cache");
+    let cwd = scratch.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(st)
+            .current_dir(cwd)
             .args(["run", spec.to_str().expect("utf-8 path"), "--url", &url])
             .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
             .args([

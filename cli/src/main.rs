@@ -98,10 +98,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker => std::process::exit(mimhost_runtime::worker::run()),
-        Command::Deploy(args) => deploy::deploy(&args),
-        Command::Pack(args) => pack::run(&args),
-        Command::Ls(args) => deploy::ls(&args),
-        Command::Rm(args) => deploy::rm(&args),
+        Command::Deploy(args) => exit_on_error(deploy::deploy(&args)),
+        Command::Pack(args) => exit_on_error(pack::run(&args)),
+        Command::Ls(args) => exit_on_error(deploy::ls(&args)),
+        Command::Rm(args) => exit_on_error(deploy::rm(&args)),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
@@ -116,4 +116,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints a client command's error as `error: …` (with its causes, no backtrace) and
+/// exits with status 1.
+fn exit_on_error(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
