@@ -1021,3 +1021,25 @@ async fn openapi_document_holds_under_schemathesis() {
     );
     assert!(!host.stderr_contains("panicked"), "{}", host.stderr());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_creates_start_one_container_and_raw_tar_uploads_work() {
+    let mims = Mims::new();
+    let host = Host::start(&mims.path()).await;
+    // A raw application/x-tar body, named by ?name=.
+    let raw = send(
+        authed(&host, Method::POST, "/mcm/v1/images?name=raw-mim:2")
+            .header("content-type", "application/x-tar")
+            .body(plain_tar(&versioned("raw"))),
+    )
+    .await;
+    assert_eq!(raw.status, 201, "{raw:?}");
+    assert_eq!(raw.json()["repoTags"], json!(["raw-mim:2"]));
+
+    let attempts = (0..6).map(|_| create(&host, json!({ "name": "race", "image": "raw-mim:2" })));
+    let replies = futures_util::future::join_all(attempts).await;
+    let mut statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    statuses.sort();
+    assert_eq!(statuses, [201, 409, 409, 409, 409, 409], "{replies:?}");
+    host.get("/race/version").await.assert_ok("raw");
+}
