@@ -99,10 +99,11 @@ impl ImageStore {
         }
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if hex.len() >= 12 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            if let Some(m) = all
-                .values()
-                .find(|m| m.digest["sha256:".len()..].starts_with(hex))
-            {
+            if let Some(m) = all.values().find(|m| {
+                m.digest
+                    .strip_prefix("sha256:")
+                    .is_some_and(|d| d.starts_with(hex))
+            }) {
                 return Some(m.clone());
             }
         }

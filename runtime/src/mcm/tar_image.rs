@@ -94,12 +94,14 @@ pub fn inspect(upload: &[u8], limits: Limits) -> Result<Inspected, String> {
         limits,
     };
     let outer = gunzip_if_needed(upload, &mut budget)?;
-    let entries = read_tar(&outer, &mut budget, "the archive")?;
-    let (layout, repo_tags, mut files) = if entries.contains_key("manifest.json") {
-        let (tags, files) = docker_files(&outer, &entries, &mut budget)?;
+    let tar = read_tar(&outer, &mut budget, "the archive")?;
+    let (layout, repo_tags, mut files) = if tar.files.contains_key("manifest.json") {
+        let (tags, files) = docker_files(&outer, &tar, &mut budget)?;
         (Layout::Docker, tags, files)
     } else {
-        let files = entries
+        tar.no_links()?;
+        let files = tar
+            .files
             .into_iter()
             .map(|(path, range)| (path, outer[range].to_vec()))
             .collect();
@@ -161,12 +163,9 @@ fn gunzip_if_needed<'a>(
 /// Reads every entry of a tar held in memory: regular files by normalised path and
 /// where their data lies in `bytes`. Refuses links, devices, fifos, unsafe paths and
 /// truncation.
-fn read_tar(
-    bytes: &[u8],
-    budget: &mut Budget,
-    what: &str,
-) -> Result<BTreeMap<String, Range<usize>>, String> {
+fn read_tar(bytes: &[u8], budget: &mut Budget, what: &str) -> Result<Tar, String> {
     let mut files = BTreeMap::new();
+    let mut links = BTreeMap::new();
     let mut archive = tar::Archive::new(bytes);
     let entries = archive
         .entries()
@@ -199,7 +198,10 @@ fn read_tar(
             }
             T::XGlobalHeader => {}
             T::Symlink | T::Link => {
-                return Err(format!("{what}: entry {shown:?} is a link; images may hold only files and folders"))
+                let path = safe_path(&raw_path).map_err(|why| format!("{what}: entry {shown:?} {why}"))?;
+                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let kind = if entry.header().entry_type() == T::Symlink { LinkKind::Symbolic } else { LinkKind::Hard };
+                links.insert(path, Link { shown: format!("{what}: entry {shown:?}"), target, kind });
             }
             T::Char | T::Block | T::Fifo => {
                 return Err(format!(
@@ -213,7 +215,67 @@ fn read_tar(
     if !trailer.is_some_and(|t| t.iter().all(|b| *b == 0)) {
         return Err(format!("{what} is truncated (no end-of-archive marker)"));
     }
-    Ok(files)
+    Ok(Tar { files, links })
+}
+
+/// The regular files and the links of a tar.
+struct Tar {
+    files: BTreeMap<String, Range<usize>>,
+    links: BTreeMap<String, Link>,
+}
+
+impl Tar {
+    /// Refuses any link: images hold only files and folders.
+    fn no_links(&self) -> Result<(), String> {
+        match self.links.values().next() {
+            Some(link) => Err(format!(
+                "{} is a link; images may hold only files and folders",
+                link.shown
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The data of `path`, following one link to a regular file of the same archive
+    /// (`docker save` links duplicate `layer.tar`s to one copy).
+    fn resolve(&self, path: &str) -> Option<Range<usize>> {
+        if let Some(r) = self.files.get(path) {
+            return Some(r.clone());
+        }
+        let link = self.links.get(path)?;
+        let target = std::str::from_utf8(&link.target).ok()?;
+        let base = match link.kind {
+            LinkKind::Hard => "",
+            LinkKind::Symbolic => path.rsplit_once('/').map(|(d, _)| d).unwrap_or(""),
+        };
+        let mut parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
+        if target.starts_with('/') {
+            return None;
+        }
+        for part in target.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop()?;
+                }
+                p => parts.push(p),
+            }
+        }
+        self.files.get(&parts.join("/")).cloned()
+    }
+}
+
+/// A link entry, never written out.
+struct Link {
+    shown: String,
+    target: Vec<u8>,
+    kind: LinkKind,
+}
+
+#[derive(PartialEq, Eq)]
+enum LinkKind {
+    Symbolic,
+    Hard,
 }
 
 /// Normalises an archive path to `a/b/c`; refuses absolute paths, `..`, empty names.
@@ -253,10 +315,10 @@ type Files = BTreeMap<String, Vec<u8>>;
 /// Applies the layers named by `manifest.json` in order (with whiteouts).
 fn docker_files(
     outer: &[u8],
-    entries: &BTreeMap<String, Range<usize>>,
+    outer_tar: &Tar,
     budget: &mut Budget,
 ) -> Result<(Vec<String>, Files), String> {
-    let manifest_range = entries.get("manifest.json").cloned().unwrap_or(0..0);
+    let manifest_range = outer_tar.resolve("manifest.json").unwrap_or(0..0);
     let manifest: Vec<ManifestEntry> = serde_json::from_slice(&outer[manifest_range])
         .map_err(|e| format!("manifest.json is not a docker save manifest: {e}"))?;
     let first = manifest
@@ -270,13 +332,14 @@ fn docker_files(
     for layer_name in &first.layers {
         let key = safe_path(layer_name.as_bytes())
             .map_err(|why| format!("manifest.json: layer {layer_name:?} {why}"))?;
-        let range = entries.get(&key).cloned().ok_or_else(|| {
+        let range = outer_tar.resolve(&key).ok_or_else(|| {
             format!("manifest.json names layer {layer_name:?}, which is not in the archive")
         })?;
         let layer = gunzip_if_needed(&outer[range], budget)?;
         let what = format!("layer {layer_name}");
-        let files = read_tar(&layer, budget, &what)?;
-        for (path, range) in files {
+        let layer_tar = read_tar(&layer, budget, &what)?;
+        layer_tar.no_links()?;
+        for (path, range) in layer_tar.files {
             apply_layer_entry(&mut fs, path, &layer[range]);
         }
     }
@@ -419,6 +482,33 @@ mod tests {
     fn no_index_is_refused() {
         let t = tar_of(&[("main.js", b"1")]);
         assert!(inspect(&t, limits()).unwrap_err().contains("index.js"));
+    }
+
+    #[test]
+    fn docker_layer_links_resolve_inside_the_archive_only() {
+        let layer = tar_of(&[("index.js", b"1")]);
+        let manifest = br#"[{"RepoTags":["x:1"],"Layers":["b/layer.tar"]}]"#;
+        let with_link = |target: &str| {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(layer.len() as u64);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, "a/layer.tar", &layer[..]).unwrap();
+            let mut l = tar::Header::new_gnu();
+            l.set_size(0);
+            l.set_entry_type(tar::EntryType::Symlink);
+            b.append_link(&mut l, "b/layer.tar", target).unwrap();
+            let mut m = tar::Header::new_gnu();
+            m.set_size(manifest.len() as u64);
+            m.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut m, "manifest.json", &manifest[..])
+                .unwrap();
+            b.into_inner().unwrap()
+        };
+        let got = inspect(&with_link("../a/layer.tar"), limits()).unwrap();
+        assert!(got.files.contains_key("index.js"));
+        assert!(inspect(&with_link("/etc/passwd"), limits()).is_err());
+        assert!(inspect(&with_link("../../a/layer.tar"), limits()).is_err());
     }
 
     #[test]
