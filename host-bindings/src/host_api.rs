@@ -74,6 +74,9 @@ pub trait HostApi {
     fn ws(&self, op: WsOp);
     /// A WebSocket question whose answer the mim waits for.
     fn ws_query(&self, query: WsQuery) -> WsAnswer;
+    /// Sends everything the mim produced so far now instead of at the end of the turn
+    /// (an explicit `dispatchWebSocketEvent()` flush).
+    fn flush(&self);
     /// A log line from the mim.
     fn log(&self, level: LogLevel, message: &str);
     /// The container's store.

@@ -103,6 +103,12 @@ fn dispatch(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValu
     Ok(JsValue::undefined())
 }
 
+fn flush(_: &JsValue, _: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    host.flush();
+    Ok(JsValue::undefined())
+}
+
 fn storage_get(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
     let (host, _) = bindings(ctx)?;
     let key = arg_string(args, 0, ctx)?;
@@ -244,10 +250,11 @@ fn ws_query(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValu
 /// Builds the `__host` object the prelude receives.
 pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
     type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
-    let functions: [(&str, Native, usize); 18] = [
+    let functions: [(&str, Native, usize); 19] = [
         ("log", log, 2),
         ("now", now, 0),
         ("dispatch", dispatch, 1),
+        ("flush", flush, 0),
         ("storageGet", storage_get, 1),
         ("storageSet", storage_set, 3),
         ("storageRemove", storage_remove, 1),

@@ -220,7 +220,7 @@
         throw new Error('WebSocket support is off for container "' + mim.name +
           '": deploy it with env WEBSOCKET_SUPPORT="true" (or MCM.WEBSOCKET_SUPPORT="true") to use dispatchWebSocketEvent');
       }
-      if (options === undefined || options === null) { flushDispatches(); return; }
+      if (options === undefined || options === null) { flushDispatches(); host.flush(); return; }
       var frame = { type: options.type };
       if (options.message !== undefined) frame.message = options.message;
       pendingDispatches.push(JSON.stringify(frame));

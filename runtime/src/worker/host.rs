@@ -137,6 +137,12 @@ impl HostApi for WorkerHost {
         }
     }
 
+    fn flush(&self) {
+        if WorkerHost::flush(self).is_err() {
+            std::process::exit(0);
+        }
+    }
+
     fn ws_accept(&self, id: u64, data: String, protocols: Vec<String>) {
         self.send(&FromWorker::WsAccept {
             id,

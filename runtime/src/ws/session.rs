@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use mimhost_bindings::WsEvent;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Largest message a client may send (bigger: close 1009).
@@ -19,6 +19,8 @@ pub const MAX_MESSAGE: usize = 1024 * 1024;
 const MAX_BATCH: usize = 256 * 1024;
 /// How long a session closing for slowness waits for the socket before dropping it.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long a closing session keeps reading what the peer still sends.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// How often an idle session is pinged; a peer silent for two of these is reaped.
 pub fn ping_interval() -> Duration {
@@ -178,6 +180,7 @@ impl Session {
                 }
                 Err(Violation(code)) => {
                     let _ = self.stream.write_all(&close_frame(code, "")).await;
+                    self.linger().await;
                     self.error_event(match code {
                         close::TOO_BIG => "message over the 1 MiB limit",
                         close::INVALID_DATA => "text frame that is not UTF-8",
@@ -234,7 +237,7 @@ impl Session {
         }
         if let Some((code, reason)) = closing {
             let _ = self.stream.write_all(&close_frame(code, &reason)).await;
-            let _ = self.stream.shutdown().await;
+            self.linger().await;
             return Some(End::Closed(code));
         }
         None
@@ -245,7 +248,23 @@ impl Session {
         self.handle.discard_queue();
         let frame = close_frame(close::POLICY, "client too slow");
         let _ = tokio::time::timeout(CLOSE_GRACE, self.stream.write_all(&frame)).await;
-        let _ = self.stream.shutdown().await;
+        self.linger().await;
         End::Closed(close::POLICY)
+    }
+
+    /// After our close frame: stop writing and read (and drop) what the peer still
+    /// sends until it closes too, briefly, so unread data does not turn our close into
+    /// a reset that could swallow the close frame.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let mut scratch = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while let Ok(Ok(n)) =
+            tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
     }
 }

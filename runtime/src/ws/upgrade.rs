@@ -206,20 +206,32 @@ fn accept(
     if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
         h.insert(SEC_WEBSOCKET_PROTOCOL, p);
     }
+    // Registered before the 101 leaves: a client that has seen the 101 gets every
+    // frame sent after it (its queue holds them until the session task runs).
     let hub = state.hub.clone();
+    let stats = hub.stats_for(&container.name);
+    let handle = Arc::new(SessionHandle::new(
+        info,
+        container.name.clone(),
+        kind,
+        stats,
+    ));
+    hub.register(handle.clone());
     tokio::spawn(async move {
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(u) => u,
-            Err(e) => return tracing::debug!("upgrade failed: {e}"),
+        let parts = match hyper::upgrade::on(req)
+            .await
+            .map(|u| u.downcast::<TokioIo<TcpStream>>())
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                hub.unregister(&handle);
+                return tracing::error!("upgraded connection is not a TCP stream");
+            }
+            Err(e) => {
+                hub.unregister(&handle);
+                return tracing::debug!("upgrade failed: {e}");
+            }
         };
-        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(p) => p,
-            Err(_) => return tracing::error!("upgraded connection is not a TCP stream"),
-        };
-        let stats = hub.stats_for(&container.name);
-        let handle = SessionHandle::new(info, container.name.clone(), kind, stats);
-        let handle = Arc::new(handle);
-        hub.register(handle.clone());
         let session = Session {
             stream: parts.io.into_inner(),
             already_read: parts.read_buf,
@@ -246,7 +258,7 @@ mod tests {
     fn accept_key_matches_the_rfc_example() {
         assert_eq!(
             super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaGEAZOo0Y4FAKEYmo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
