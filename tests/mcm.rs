@@ -220,9 +220,19 @@ async fn seed_000_curl_deploy_serves_notify() {
     assert_eq!(c["env"]["WEBSOCKET_SUPPORT"], "true");
     assert!(c["created"].is_string());
 
+    // Seed 000's browser client: the dispatch channel receives the event.
+    let (mut client, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/my-mim/v1", host.addr()))
+            .await
+            .expect("the dispatch channel of the deployed container accepts");
     let notify = host.post("/my-mim/v1/notify", "").await;
     assert_eq!(notify.status, 200, "{notify:?}");
     assert_eq!(notify.json(), json!({ "sent": true }));
+    let event = next_text(&mut client).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&event).unwrap(),
+        json!({ "type": "notification", "message": "New data available" })
+    );
 
     let one = api(&host, Method::GET, "/mcm/v1/containers/my-mim").await;
     assert_eq!(one.status, 200);
@@ -610,6 +620,59 @@ async fn hostile_tars_get_400_and_write_nothing() {
         201
     );
     host.get("/fine/").await.assert_ok("x");
+}
+
+/// The next text frame of `client` (within 10 s).
+async fn next_text<S>(client: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the session stays open")
+            .expect("a valid frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return text.to_string();
+        }
+    }
+}
+
+/// A controller mim echoing WebSocket messages with a version prefix.
+fn echo_mim(version: &str) -> String {
+    format!(
+        "exports.get = (req) => ({{ webSocket: {{ data: {{ v: '{version}' }} }} }});\n\
+         exports.webSocketEvent = (e) => e.type === 'message' ? {{ body: '{version}:' + e.message }} : undefined;\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_swap_keeps_open_sessions_and_they_reach_the_new_code() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mims = Mims::new();
+    let host = Host::start(&mims.path()).await;
+    deploy(&host, "echo", &echo_mim("v1"), json!({})).await;
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo/", host.addr()))
+        .await
+        .expect("upgrade accepted");
+    client.send(Message::text("a")).await.unwrap();
+    assert_eq!(next_text(&mut client).await, "v1:a");
+
+    let v2 = image_of(&host, "echo-v2", &echo_mim("v2")).await;
+    let reply =
+        send(authed(&host, Method::PUT, "/mcm/v1/containers/echo").json(&json!({ "image": v2 })))
+            .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    client.send(Message::text("b")).await.unwrap();
+    assert_eq!(
+        next_text(&mut client).await,
+        "v2:b",
+        "the same session now talks to the new code"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
