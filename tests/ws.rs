@@ -9,19 +9,17 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::{json, Value};
 use support::{mim_json, poll_until, send, serve, Host, Mims, Reply, TOKEN};
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -497,100 +495,6 @@ fn take_frame(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
-
-// ---------- a host with environment variables ----------
-
-/// A `mimhost serve` started with extra environment variables (the shared
-/// harness strips every `MIMHOST_*` variable, and `MIMHOST_PING_INTERVAL` has no
-/// flag). Killed with its process group on drop.
-struct EnvHost {
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<String>>,
-    _data: TempDir,
-}
-
-impl EnvHost {
-    async fn start(mims: &Path, env: &[(&str, &str)]) -> EnvHost {
-        use std::os::unix::process::CommandExt;
-        let data = TempDir::new().expect("temp --data");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mimhost"));
-        command
-            .arg("serve")
-            .arg("--mims")
-            .arg(mims)
-            .arg("--data")
-            .arg(data.path())
-            .args(["--listen", "127.0.0.1:0", "--token", TOKEN])
-            .args(["--handler-timeout", "2s", "--mim-memory", "128MiB"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .env_remove("RUST_LOG");
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MIMHOST_") {
-                command.env_remove(key);
-            }
-        }
-        command.envs(env.iter().copied());
-        let mut child = command.spawn().expect("spawn mimhost");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[mimhost] {line}");
-                let mut s = sink.lock().expect("stderr buffer");
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let ready: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
-        let cell = ready.clone();
-        let out = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
-            while let Some(Ok(line)) = lines.next() {
-                if let Some(url) = line.trim().strip_prefix("listening on http://") {
-                    let _ = cell.set(url.trim_end_matches('/').to_string());
-                }
-            }
-        });
-        let addr = poll_until(Duration::from_secs(60), || {
-            let addr = ready.get().cloned();
-            async move { addr }
-        })
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "mimhost did not listen; stderr:\n{}",
-                stderr.lock().unwrap()
-            )
-        });
-        EnvHost {
-            child,
-            addr,
-            stderr,
-            _data: data,
-        }
-    }
-}
-
-impl Drop for EnvHost {
-    fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        let stragglers = support::proc::descendants(pid);
-        // SAFETY: kill(2) on the process group and processes we started.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            for p in stragglers {
-                libc::kill(p, libc::SIGKILL);
-            }
-        }
-        let _ = self.child.wait();
-    }
-}
 
 // ======================================================================
 // 5.1 the dispatch channel
@@ -1338,8 +1242,8 @@ async fn pings_keep_idle_sessions_and_silent_peers_are_reaped() {
     let _shared = HEAVY.read().await;
     let mims = mims_of(&spy("spy"));
     let interval = Duration::from_millis(500);
-    let host = EnvHost::start(&mims.path(), &[("MIMHOST_PING_INTERVAL", "500ms")]).await;
-    let addr = host.addr.as_str();
+    let host = Host::start_with(&mims.path(), &["--ping-interval", "500ms"]).await;
+    let addr = host.addr();
 
     // A live client answers pings (tungstenite does while it reads, so a task
     // keeps reading it) and stays.
@@ -1399,7 +1303,7 @@ async fn pings_keep_idle_sessions_and_silent_peers_are_reaped() {
     assert!(
         reaped_after <= interval * 4,
         "a silent peer was reaped only after {reaped_after:?}; stderr:\n{}",
-        host.stderr.lock().expect("stderr")
+        host.stderr()
     );
     let evs = session_events(addr, "spy", &silent_id, closed).await;
     assert_eq!(types(&evs), ["open", "close"]);

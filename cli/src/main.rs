@@ -74,6 +74,9 @@ struct ServeArgs {
     /// Largest image upload to the MCM API (e.g. 64MiB).
     #[arg(long, env = "MIMHOST_MAX_IMAGE", default_value = "64MiB", value_parser = parse_size)]
     max_image: u64,
+    /// How often idle WebSocket sessions are pinged (a peer silent for two is dropped).
+    #[arg(long, env = "MIMHOST_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    ping_interval: Duration,
 }
 
 impl From<ServeArgs> for Config {
@@ -90,6 +93,7 @@ impl From<ServeArgs> for Config {
             watch: !a.no_watch,
             max_body: a.max_body as usize,
             max_image: a.max_image as usize,
+            ping_interval: a.ping_interval,
         }
     }
 }

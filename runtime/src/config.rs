@@ -27,6 +27,8 @@ pub struct Config {
     pub watch: bool,
     /// Largest HTTP request body for a container, in bytes.
     pub max_body: usize,
+    /// How often idle WebSocket sessions are pinged; silent for two: reaped.
+    pub ping_interval: Duration,
     /// Largest image upload to the MCM API, in bytes.
     pub max_image: usize,
 }
@@ -44,6 +46,7 @@ impl Default for Config {
             mim_memory: 256 * 1024 * 1024,
             watch: true,
             max_body: 10 * 1024 * 1024,
+            ping_interval: Duration::from_secs(30),
             max_image: 64 * 1024 * 1024,
         }
     }

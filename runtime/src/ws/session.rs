@@ -22,14 +22,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How long a closing session keeps reading what the peer still sends.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// How often an idle session is pinged; a peer silent for two of these is reaped.
-pub fn ping_interval() -> Duration {
-    std::env::var("MIMHOST_PING_INTERVAL")
-        .ok()
-        .and_then(|v| crate::config::parse_duration(&v).ok())
-        .unwrap_or(Duration::from_secs(30))
-}
-
 /// Everything a session task needs.
 pub struct Session {
     /// The socket, taken from hyper after the upgrade.
@@ -42,6 +34,8 @@ pub struct Session {
     pub container: Arc<Container>,
     /// The hub.
     pub hub: Arc<Hub>,
+    /// How often to ping; a peer silent for two of these is reaped.
+    pub ping_interval: Duration,
 }
 
 /// What one read of the socket found.
@@ -90,7 +84,7 @@ impl Session {
     async fn serve(&mut self) -> End {
         let mut decoder = Decoder::new(MAX_MESSAGE);
         let mut inbox = BytesMut::from(&self.already_read[..]);
-        let mut ping = tokio::time::interval(ping_interval());
+        let mut ping = tokio::time::interval(self.ping_interval);
         ping.tick().await;
         let mut heard = true;
         if let Some(end) = self.take_messages(&mut decoder, &mut inbox).await {

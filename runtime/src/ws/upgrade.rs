@@ -209,6 +209,7 @@ fn accept(
     // Registered before the 101 leaves: a client that has seen the 101 gets every
     // frame sent after it (its queue holds them until the session task runs).
     let hub = state.hub.clone();
+    let ping_interval = state.config.ping_interval;
     let stats = hub.stats_for(&container.name);
     let handle = Arc::new(SessionHandle::new(
         info,
@@ -238,6 +239,7 @@ fn accept(
             handle,
             container,
             hub,
+            ping_interval,
         };
         session.run().await;
     });
