@@ -167,6 +167,12 @@ impl Isolate {
         }
     }
 
+    /// Whether the code exports `webSocketEvent` (else session events need not come).
+    pub fn has_ws_handler(&mut self) -> bool {
+        self.call_prelude("hasWsHandler", &[])
+            .is_some_and(|v| v.to_boolean())
+    }
+
     fn call_prelude(&mut self, name: &str, args: &[JsValue]) -> Option<JsValue> {
         let mimhost = self
             .context

@@ -237,6 +237,7 @@ fn ws_query(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValu
         .map_err(|e| JsNativeError::typ().with_message(format!("bad websocket query: {e}")))?;
     let answer = match host.ws_query(query) {
         WsAnswer::Size(n) => JsValue::from(n as f64),
+        WsAnswer::Flag(b) => JsValue::from(b),
         WsAnswer::Members(ids) => {
             let ids = ids
                 .into_iter()

@@ -495,6 +495,8 @@
   }
   /** Entry point: one session event. */
   function handleWs(ev) {
+    var handler = wsHandler();
+    if (!handler) { sessions.delete(ev.session); return; }
     if (ev.info) {
       var info = ev.info;
       try { info.data = JSON.parse(info.data); } catch (e) { info.data = null; }
@@ -503,8 +505,6 @@
     var s = sessions.get(ev.session);
     if (ev.kind === 'close') sessions.delete(ev.session);
     if (!s || ev.kind === 'resume') return;
-    var handler = wsHandler();
-    if (!handler) return;
     var event = {
       type: ev.kind, session: { id: s.id, path: s.path, params: s.params, user: ANONYMOUS }, data: s.data,
       sessionId: s.id, peer: s.peer, method: s.method, query: s.params, headers: s.headers, params: s.params
@@ -526,7 +526,7 @@
   var websocketLib = {
     send: function (id, text) {
       id = String(id);
-      if (!sessions.has(id)) return false;
+      if (!sessions.has(id) && !host.wsQuery(JSON.stringify({ SessionExists: id }))) return false;
       wsOp({ Send: { session: id, text: String(text) } });
       return true;
     },
@@ -567,6 +567,7 @@
   function importSessions(json) { JSON.parse(json).forEach(function (info) { sessions.set(info.id, info); }); }
 
   G.__mimhost = {
+    hasWsHandler: function () { return !!wsHandler(); },
     exportSessions: exportSessions,
     importSessions: importSessions,
     handleHttp: handleHttp,

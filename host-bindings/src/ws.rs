@@ -127,6 +127,9 @@ pub enum WsQuery {
     GroupSize(String),
     /// `getGroupMembers(group)`.
     GroupMembers(String),
+    /// Is this an open session of the container? (`send` to an id the isolate has not
+    /// seen an event of.)
+    SessionExists(String),
 }
 
 /// The host's answer to a [`WsQuery`].
@@ -136,4 +139,6 @@ pub enum WsAnswer {
     Size(u64),
     /// Session ids.
     Members(Vec<String>),
+    /// Yes or no.
+    Flag(bool),
 }

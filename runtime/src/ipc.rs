@@ -53,6 +53,8 @@ pub enum FromWorker {
     Loaded {
         /// The load error, naming file, line and column.
         error: Option<String>,
+        /// Whether the loaded code exports `webSocketEvent`.
+        ws_handler: bool,
     },
     /// A streamed response begins.
     HttpStart {

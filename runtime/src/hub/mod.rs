@@ -464,6 +464,11 @@ impl Hub {
         let members = |group: String| st.groups.get(&(container.to_string(), group));
         match query {
             WsQuery::GroupSize(g) => WsAnswer::Size(members(g).map_or(0, |m| m.len() as u64)),
+            WsQuery::SessionExists(id) => WsAnswer::Flag(
+                st.sessions
+                    .get(&id)
+                    .is_some_and(|s| s.container == container),
+            ),
             WsQuery::GroupMembers(g) => {
                 WsAnswer::Members(members(g).map_or_else(Vec::new, |m| m.iter().cloned().collect()))
             }

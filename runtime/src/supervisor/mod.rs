@@ -137,6 +137,8 @@ pub struct Supervisor {
     waiting: Mutex<Vec<WsEvent>>,
     /// Sessions whose event a dead worker dropped; they get an `error` event.
     dropped: Mutex<Vec<String>>,
+    /// Whether the code exports `webSocketEvent`; session events are sent only then.
+    ws_handler: AtomicBool,
 }
 
 impl Supervisor {
@@ -161,6 +163,7 @@ impl Supervisor {
             stopped: AtomicBool::new(false),
             waiting: Mutex::new(Vec::new()),
             dropped: Mutex::new(Vec::new()),
+            ws_handler: AtomicBool::new(false),
         });
         sup.spawn_worker().await?;
         tokio::spawn(sup.clone().watch_events());
@@ -236,16 +239,7 @@ impl Supervisor {
     /// Tells a fresh worker about the open sessions, reports dropped events to their
     /// sessions, and hands over the events that waited for it.
     fn catch_up(&self, live: &Live) {
-        let resume = self
-            .events
-            .sessions_of(&self.name)
-            .into_iter()
-            .map(|info| WsEvent {
-                session: info.id.clone(),
-                info: Some(info),
-                kind: "resume".into(),
-                ..WsEvent::default()
-            });
+        self.resume_sessions(live);
         let errors = std::mem::take(&mut *lock(&self.dropped))
             .into_iter()
             .map(|session| WsEvent {
@@ -258,9 +252,30 @@ impl Supervisor {
                 ..WsEvent::default()
             });
         let waiting = std::mem::take(&mut *lock(&self.waiting));
-        for event in resume.chain(errors).chain(waiting) {
+        for event in errors.chain(waiting) {
             self.send_event(live, event);
         }
+    }
+
+    /// Tells the worker about every open session (a `resume` event each, no handler call).
+    fn resume_sessions(&self, live: &Live) {
+        if !self.wants_ws_events() {
+            return;
+        }
+        for info in self.events.sessions_of(&self.name) {
+            let event = WsEvent {
+                session: info.id.clone(),
+                info: Some(info),
+                kind: "resume".into(),
+                ..WsEvent::default()
+            };
+            self.send_event(live, event);
+        }
+    }
+
+    /// Whether the container's code listens to session events (`webSocketEvent`).
+    pub fn wants_ws_events(&self) -> bool {
+        self.ws_handler.load(Ordering::Relaxed)
     }
 
     fn send_event(&self, live: &Live, event: WsEvent) {
@@ -336,7 +351,12 @@ impl Supervisor {
     /// Hands one frame from the worker to whoever waits for it.
     fn route(&self, live: &Live, message: FromWorker) {
         let part = match message {
-            FromWorker::Loaded { error } => {
+            FromWorker::Loaded { error, ws_handler } => {
+                let had = self.ws_handler.swap(ws_handler, Ordering::Relaxed);
+                if ws_handler && !had {
+                    // New code listens to sessions the old one ignored: introduce them.
+                    self.resume_sessions(live);
+                }
                 if let Some(reply) = lock(&live.load_reply).take() {
                     let _ = reply.send(error);
                 }

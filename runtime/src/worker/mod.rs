@@ -135,7 +135,8 @@ fn load(host: &Rc<WorkerHost>, spec: MimSpec, loaded: &mut Option<Loaded>) {
         Ok(Err(e)) => Some(e.0),
         Err(_) => Some("the JavaScript engine panicked while loading the mim".to_string()),
     };
-    host.send(&FromWorker::Loaded { error });
+    let ws_handler = loaded.as_mut().is_some_and(|l| l.isolate.has_ws_handler());
+    host.send(&FromWorker::Loaded { error, ws_handler });
 }
 
 /// Runs `f` on the isolate; a Boa panic rebuilds the context from the same code.

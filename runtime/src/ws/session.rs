@@ -60,6 +60,9 @@ impl Session {
     }
 
     fn event(&self, kind: &str, message: Option<String>, binary: bool, close_code: Option<u16>) {
+        if !self.container.supervisor.wants_ws_events() {
+            return;
+        }
         let info = (kind == "open").then(|| self.handle.info.clone());
         self.container.supervisor.ws_event(WsEvent {
             session: self.handle.info.id.clone(),
@@ -73,6 +76,9 @@ impl Session {
     }
 
     fn error_event(&self, error: &str) {
+        if !self.container.supervisor.wants_ws_events() {
+            return;
+        }
         self.container.supervisor.ws_event(WsEvent {
             session: self.handle.info.id.clone(),
             kind: "error".into(),
@@ -251,7 +257,7 @@ impl Session {
     /// a reset that could swallow the close frame.
     async fn linger(&mut self) {
         let _ = self.stream.shutdown().await;
-        let mut scratch = [0u8; 4096];
+        let mut scratch = vec![0u8; 4096]; // on the heap: it would bloat every idle session's task
         let deadline = tokio::time::Instant::now() + LINGER;
         while let Ok(Ok(n)) =
             tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await
