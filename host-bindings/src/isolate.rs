@@ -113,16 +113,12 @@ impl Isolate {
 
     /// Runs one HTTP request; the answer reaches the host through [`HostApi`].
     pub fn handle_http(&mut self, id: u64, request: &HttpRequest) {
-        let result = serde_json::to_value(request)
-            .map_err(JsError::from_rust)
-            .and_then(|json| JsValue::from_json(&json, &mut self.context))
-            .and_then(|req| {
-                self.handle_http.call(
-                    &JsValue::undefined(),
-                    &[JsValue::from(id as f64), req],
-                    &mut self.context,
-                )
-            });
+        let req = crate::request::request_object(request, &mut self.context);
+        let result = self.handle_http.call(
+            &JsValue::undefined(),
+            &[JsValue::from(id as f64), req.into()],
+            &mut self.context,
+        );
         if let Err(e) = result {
             let message = describe(&e, Path::new(""), &mut self.context);
             self.host.log(

@@ -32,3 +32,47 @@ pub struct HttpRequest {
     /// Whether this is a WebSocket upgrade request.
     pub web_socket: bool,
 }
+
+/// The request as a plain JS object (camelCase keys), built directly: no JSON tree in
+/// between on the hot path.
+pub(crate) fn request_object(
+    r: &HttpRequest,
+    ctx: &mut boa_engine::Context,
+) -> boa_engine::JsObject {
+    use boa_engine::object::ObjectInitializer;
+    use boa_engine::property::Attribute;
+    use boa_engine::{JsString, JsValue};
+    let text = |s: &str| JsValue::from(JsString::from(s));
+    let map = |m: &BTreeMap<String, String>, ctx: &mut boa_engine::Context| {
+        let mut o = ObjectInitializer::new(ctx);
+        for (k, v) in m {
+            o.property(
+                JsString::from(k.as_str()),
+                JsString::from(v.as_str()),
+                Attribute::all(),
+            );
+        }
+        o.build()
+    };
+    let headers = map(&r.headers, ctx);
+    let query = map(&r.query, ctx);
+    let mut o = ObjectInitializer::new(ctx);
+    let all = Attribute::all();
+    o.property(boa_engine::js_string!("method"), text(&r.method), all)
+        .property(boa_engine::js_string!("url"), text(&r.url), all)
+        .property(boa_engine::js_string!("path"), text(&r.path), all)
+        .property(boa_engine::js_string!("fullPath"), text(&r.full_path), all)
+        .property(boa_engine::js_string!("query"), query, all)
+        .property(boa_engine::js_string!("headers"), headers, all)
+        .property(boa_engine::js_string!("body"), text(&r.body), all)
+        .property(boa_engine::js_string!("scheme"), text(&r.scheme), all)
+        .property(boa_engine::js_string!("host"), text(&r.host), all)
+        .property(boa_engine::js_string!("port"), r.port, all)
+        .property(
+            boa_engine::js_string!("remoteAddress"),
+            text(&r.remote_address),
+            all,
+        )
+        .property(boa_engine::js_string!("webSocket"), r.web_socket, all);
+    o.build()
+}
