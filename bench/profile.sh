@@ -73,6 +73,11 @@ profile() {
     perf report -i "$WORK/$name.data" --stdio --children --comms tokio-rt-worker --sort symbol -g none --percent-limit 3 \
       2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 60 || true
     echo
+    echo "## inclusive time of mimhost's own functions and the main syscalls, all threads, over 0.5%"
+    perf report -i "$WORK/$name.data" --stdio --children --sort symbol -g none --percent-limit 0.5 2>/dev/null \
+      | grep -E 'mimhost_|boa_engine::(context|vm::<impl)|from_json|to_json|Collector::collect|tcp_sendmsg|tcp_recvmsg|__x64_sys_(sendto|write|writev|read|recvfrom|epoll_wait|futex)|schedule$|try_to_wake_up' \
+      | grep -v '(inlined)' | head -n 60 || true
+    echo
     echo "## top frames with callers (self, caller graph, first 200 lines)"
     perf report -i "$WORK/$name.data" --stdio --no-children --sort symbol -g caller,0.5,callee,function,percent \
       --percent-limit 2 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 200 || true

@@ -127,6 +127,10 @@ fn main() {
     let iterations: usize = arg("--iterations", "20000")
         .parse()
         .expect("--iterations N");
+    // Seconds of the 64-in-flight phase (0 skips it: handy under `perf stat`).
+    let parallel_s: f64 = arg("--parallel-seconds", "2")
+        .parse()
+        .expect("--parallel-seconds S");
     let name = mim
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -196,8 +200,8 @@ fn main() {
             hist.record(now_ns() - t0);
         }
         let total = now_ns() - started;
-        // 64 in flight for ~2 s.
-        let end = now_ns() + 2_000_000_000;
+        // 64 in flight for a while.
+        let end = now_ns() + (parallel_s * 1e9) as u64;
         let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let p_start = now_ns();
         let mut tasks = Vec::new();
@@ -215,7 +219,7 @@ fn main() {
             let _ = t.await;
         }
         let rps = done.load(std::sync::atomic::Ordering::Relaxed) as f64
-            / ((now_ns() - p_start) as f64 / 1e9);
+            / ((now_ns() - p_start) as f64 / 1e9).max(1e-9);
         sup.stop().await;
         (hist, total, rps)
     });
