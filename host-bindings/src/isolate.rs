@@ -71,6 +71,7 @@ impl Isolate {
         })?;
         let loader = Rc::new(MimModuleLoader::new(root.clone()));
         let mut context = Context::builder()
+            .job_executor(Rc::new(crate::jobs::Jobs::default()))
             .module_loader(loader.clone())
             .build()
             .map_err(|e| LoadError(format!("cannot create a JavaScript context: {e}")))?;

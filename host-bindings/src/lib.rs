@@ -6,6 +6,7 @@
 
 mod host_api;
 mod isolate;
+mod jobs;
 mod modules;
 mod natives;
 pub mod nesting;
