@@ -89,7 +89,8 @@ impl Session {
 
     async fn serve(&mut self) -> End {
         let mut decoder = Decoder::new(MAX_MESSAGE);
-        let mut inbox = BytesMut::from(&self.already_read[..]);
+        // Copy what hyper read ahead and let go of its buffer, which may be large.
+        let mut inbox = BytesMut::from(&std::mem::take(&mut self.already_read)[..]);
         let mut ping = tokio::time::interval(self.ping_interval);
         ping.tick().await;
         let mut heard = true;
