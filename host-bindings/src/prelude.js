@@ -268,7 +268,7 @@
       var m = r.regex.exec(path);
       if (!m) continue;
       var params = {};
-      r.names.forEach(function (n, j) { params[n] = m[j + 1] === undefined ? '' : decodeQueryPart(m[j + 1]); });
+      for (var j = 0; j < r.names.length; j++) params[r.names[j]] = m[j + 1] === undefined ? '' : decodeQueryPart(m[j + 1]);
       return { handler: r.handler, params: params };
     }
     return null;
@@ -306,11 +306,12 @@
   }
   function headerList(obj) {
     var list = [];
-    if (obj) Object.keys(obj).forEach(function (k) {
+    if (!obj) return list;
+    for (var k in obj) {
       var v = obj[k];
-      if (Array.isArray(v)) v.forEach(function (x) { list.push(k, String(x)); });
+      if (Array.isArray(v)) { for (var i = 0; i < v.length; i++) list.push(k, String(v[i])); }
       else if (v !== undefined && v !== null) list.push(k, String(v));
-    });
+    }
     return list;
   }
   function bodyText(body) {
