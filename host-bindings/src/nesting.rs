@@ -87,7 +87,7 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_code() {
-        assert!(check_nesting("function f(a) { return [a, {b: (1)}]; }", 3).is_ok());
+        assert!(check_nesting("function f(a) { return [a, {b: (1)}]; }", 4).is_ok());
     }
 
     #[test]
