@@ -27,13 +27,19 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let mut last_accept_warning = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!("accept failed: {e}");
+                        // Out of file descriptors, typically: say so now and then, not
+                        // on every retry.
+                        if last_accept_warning.is_none_or(|at: tokio::time::Instant| at.elapsed() > Duration::from_secs(5)) {
+                            tracing::warn!("accept failed: {e} (at the open-file limit? see ulimit -n)");
+                            last_accept_warning = Some(tokio::time::Instant::now());
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }

@@ -249,10 +249,23 @@ impl Hub {
 
     /// Queues `frame` for `session`; a session that cannot take it is closed 1008.
     fn deliver(&self, session: &SessionHandle, frame: &Bytes) {
-        if session.enqueue(frame.clone()) {
-            session.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        self.deliver_all(session, std::slice::from_ref(frame));
+    }
+
+    /// Queues `frames` for `session` in one go; a session that cannot take them is
+    /// closed 1008.
+    fn deliver_all(&self, session: &SessionHandle, frames: &[Bytes]) {
+        let count = frames.len() as u64;
+        if session.enqueue(frames) {
+            session
+                .stats
+                .frames_sent
+                .fetch_add(count, Ordering::Relaxed);
         } else {
-            session.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            session
+                .stats
+                .frames_dropped
+                .fetch_add(count, Ordering::Relaxed);
             if session.close_slow() {
                 session.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(container = %session.container, session = %session.info.id,
@@ -273,11 +286,11 @@ impl Hub {
         let Some(members) = st.channels.get(container) else {
             return;
         };
-        for text in frames {
-            let frame = text_frame(text);
-            for session in members.values() {
-                self.deliver(session, &frame);
-            }
+        // Encoded once; then each session takes the whole batch under one lock and
+        // one wake-up.
+        let encoded: Vec<Bytes> = frames.iter().map(|text| text_frame(text)).collect();
+        for session in members.values() {
+            self.deliver_all(session, &encoded);
         }
     }
 

@@ -72,17 +72,21 @@ impl SessionHandle {
         }
     }
 
-    /// Queues a frame; false when the queue is over its frame or byte bound.
-    pub fn enqueue(&self, frame: Bytes) -> bool {
+    /// Queues frames (all or none, one wake-up); false when that would pass the
+    /// queue's frame or byte bound.
+    pub fn enqueue(&self, frames: &[Bytes]) -> bool {
         if self.slow.load(Ordering::Relaxed) {
             return false;
         }
-        let len = frame.len();
+        let len: usize = frames.iter().map(Bytes::len).sum();
         if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return false;
         }
-        if !self.queue.push(Outgoing::Frame(frame)) {
+        if !self
+            .queue
+            .push_all(frames.iter().cloned().map(Outgoing::Frame), frames.len())
+        {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return false;
         }
@@ -177,14 +181,19 @@ impl SendQueue {
         self.items.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends; false when full or closed.
+    /// Appends one item; false when full or closed.
     fn push(&self, item: Outgoing) -> bool {
+        self.push_all(std::iter::once(item), 1)
+    }
+
+    /// Appends `count` items at once; false (and nothing added) when they do not fit.
+    fn push_all(&self, items: impl Iterator<Item = Outgoing>, count: usize) -> bool {
         {
-            let mut items = self.lock();
-            if self.closed.load(Ordering::Relaxed) || items.len() >= MAX_QUEUED_FRAMES {
+            let mut queue = self.lock();
+            if self.closed.load(Ordering::Relaxed) || queue.len() + count > MAX_QUEUED_FRAMES {
                 return false;
             }
-            items.push_back(item);
+            queue.extend(items);
         }
         self.ready.notify_one();
         true
