@@ -122,11 +122,6 @@ impl SessionHandle {
         first
     }
 
-    /// Whether the session was found too slow.
-    pub fn is_slow(&self) -> bool {
-        self.slow.load(Ordering::Relaxed)
-    }
-
     /// Asks the session to close after what is already queued.
     pub fn close(&self, code: u16, reason: &str) {
         if !self.queue.push(Outgoing::Close(code, reason.to_string())) && self.close_slow() {

@@ -343,6 +343,17 @@ fn is_drop_in(mcm: &Mcm, id: &str) -> bool {
         .is_some_and(|c| c.origin == Origin::MimsFolder)
 }
 
+/// The deployed container `id`: 409 when it is a drop-in mim, 404 when there is none.
+fn deployed(mcm: &Mcm, id: &str) -> Result<Entry, ApiError> {
+    mcm.containers.get(id).ok_or_else(|| {
+        if is_drop_in(mcm, id) {
+            drop_in(id)
+        } else {
+            no_container(id)
+        }
+    })
+}
+
 /// `GET /containers/{id}`.
 pub fn get(mcm: &Mcm, id: &str) -> ApiResult {
     if let Some(e) = mcm.containers.get(id) {
@@ -367,13 +378,7 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
         some => Some(parse_env(some)?),
     };
     let _ops = mcm.ops.lock().await;
-    let Some(entry) = mcm.containers.get(id) else {
-        return Err(if is_drop_in(mcm, id) {
-            drop_in(id)
-        } else {
-            no_container(id)
-        });
-    };
+    let entry = deployed(mcm, id)?;
     let mut record = entry.record.clone();
     let image = match &reference {
         Some(r) => mcm.images.resolve(r).ok_or_else(|| images::no_image(r))?,
@@ -432,13 +437,7 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
 /// unless purged.
 pub async fn delete(mcm: &Mcm, id: &str, purge: bool) -> ApiResult {
     let _ops = mcm.ops.lock().await;
-    let Some(entry) = mcm.containers.get(id) else {
-        return Err(if is_drop_in(mcm, id) {
-            drop_in(id)
-        } else {
-            no_container(id)
-        });
-    };
+    let entry = deployed(mcm, id)?;
     let name = entry.record.name.clone();
     persist::remove_file(&record_file(mcm, &name))
         .map_err(|e| ApiError::internal(format!("cannot remove the record of {name}: {e}")))?;

@@ -622,11 +622,6 @@ impl Supervisor {
             kill(&live, "it did not stop in time");
         }
     }
-
-    /// The live worker's process id, if any (for tests and metrics).
-    pub fn worker_pid(&self) -> Option<u32> {
-        self.current().map(|l| l.pid)
-    }
 }
 
 /// Locks a mutex, shrugging off poisoning (no lock here guards a multi-step invariant).
