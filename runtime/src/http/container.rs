@@ -23,32 +23,18 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let limit = state.config.max_body;
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return json_error(413, &format!("request body is over the {limit}-byte limit"));
-    }
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return json_error(413, &format!("request body is over the {limit}-byte limit"))
-        }
-        Err(e) => return json_error(400, &format!("could not read the request body: {e}")),
-    };
-    let request = request_data(
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
+    let request = match read_request(
+        req,
+        state.config.max_body,
         rest,
-        body,
         peer,
         state.local_port,
-    );
+    )
+    .await
+    {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
     let started = Instant::now();
     let deadline = started + state.config.handler_timeout;
     let resp = match container.supervisor.http(request, deadline).await {
@@ -59,6 +45,51 @@ pub async fn handle(
         .metrics
         .record_http(&container.name, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// Reads a request's body under `limit` bytes (413 past it, 400 when it cannot be read)
+/// and turns the request into the plain data a worker gets; everything a client sends
+/// passes through here before it reaches a worker, which is why the fuzzer drives it.
+pub async fn read_request<B>(
+    req: Request<B>,
+    limit: usize,
+    rest: String,
+    peer: SocketAddr,
+    local_port: u16,
+) -> Result<HttpRequest, Response<Body>>
+where
+    B: hyper::body::Body,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || json_error(413, &format!("request body is over the {limit}-byte limit"));
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(json_error(
+                400,
+                &format!("could not read the request body: {e}"),
+            ))
+        }
+    };
+    Ok(request_data(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+        rest,
+        body,
+        peer,
+        local_port,
+    ))
 }
 
 /// Headers as a map with lower-case names; repeated headers joined with `, `.

@@ -4,7 +4,7 @@ mod body;
 mod container;
 
 pub use body::{full, json, json_error, Body};
-pub use container::{client_address, header_map, parse_query, request_data};
+pub use container::{client_address, header_map, parse_query, read_request, request_data};
 
 use crate::host::HostState;
 use hyper::body::Incoming;

@@ -4,7 +4,7 @@
 mod auth;
 mod containers;
 mod images;
-mod multipart;
+pub mod multipart;
 mod persist;
 pub mod tar_image;
 mod time;
