@@ -77,6 +77,9 @@ struct ServeArgs {
     /// How often idle WebSocket sessions are pinged (a peer silent for two is dropped).
     #[arg(long, env = "MIMHOST_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     ping_interval: Duration,
+    /// Largest WebSocket message a client may send (bigger: close 1009), e.g. 16MiB.
+    #[arg(long, env = "MIMHOST_MAX_MESSAGE", default_value = "1MiB", value_parser = parse_size)]
+    max_message: u64,
 }
 
 impl From<ServeArgs> for Config {
@@ -94,6 +97,7 @@ impl From<ServeArgs> for Config {
             max_body: a.max_body as usize,
             max_image: a.max_image as usize,
             ping_interval: a.ping_interval,
+            max_message: a.max_message as usize,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! host only through the [`HostApi`] trait (responses, dispatches, logs, storage), so
 //! it can be driven without a server and the server never touches a `JsValue`.
 
+mod bytes;
 mod host_api;
 mod isolate;
 mod jobs;

@@ -251,7 +251,7 @@ fn ws_query(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValu
 /// Builds the `__host` object the prelude receives.
 pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
     type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
-    let functions: [(&str, Native, usize); 19] = [
+    let functions: [(&str, Native, usize); 21] = [
         ("log", log, 2),
         ("now", now, 0),
         ("dispatch", dispatch, 1),
@@ -271,6 +271,8 @@ pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
         ("wsAccept", ws_accept, 3),
         ("wsOp", ws_op, 1),
         ("wsQuery", ws_query, 1),
+        ("bytesToBase64", crate::bytes::bytes_to_base64, 1),
+        ("base64ToBytes", crate::bytes::base64_to_bytes, 1),
     ];
     let mut init = ObjectInitializer::new(ctx);
     for (name, f, len) in functions {

@@ -487,12 +487,25 @@
     return ex && typeof ex.webSocketEvent === 'function' ? ex.webSocketEvent : null;
   }
   function wsOp(op) { host.wsOp(JSON.stringify(op)); }
+  function isBytes(value) { return value instanceof ArrayBuffer || value instanceof Uint8Array; }
+  // A WebSocket message for the host: bytes (ArrayBuffer/Uint8Array) go as base64 with
+  // binary: true (a binary frame), anything else as text via `toText`.
+  function wsData(value, toText) {
+    return isBytes(value) ? { text: host.bytesToBase64(value), binary: true } : { text: toText(value), binary: false };
+  }
+  // A reply's `body` as text: strings as they are, other values as JSON.
+  function bodyText(body) { return typeof body === 'string' ? body : JSON.stringify(body); }
+  // Encodes a handler's `{body, end}` return value as the `Reply` operation (or null
+  // when it asks for nothing). Shared by every place a mim replies by return.
+  function encodeWsReply(id, value) {
+    if (value === undefined || value === null || typeof value !== 'object') return null;
+    if (!('body' in value) && !('end' in value)) return null;
+    var data = value.body === undefined || value.body === null ? { text: null, binary: false } : wsData(value.body, bodyText);
+    return { Reply: { session: id, body: data.text, end: !!value.end, binary: data.binary } };
+  }
   function replyWith(id, value) {
-    if (value === undefined || value === null || typeof value !== 'object') return;
-    if (!('body' in value) && !('end' in value)) return;
-    var body = value.body === undefined || value.body === null ? null
-      : typeof value.body === 'string' ? value.body : JSON.stringify(value.body);
-    wsOp({ Reply: { session: id, body: body, end: !!value.end } });
+    var op = encodeWsReply(id, value);
+    if (op) wsOp(op);
   }
   /** Entry point: one session event. */
   function handleWs(ev) {
@@ -510,7 +523,10 @@
       type: ev.kind, session: { id: s.id, path: s.path, params: s.params, user: ANONYMOUS }, data: s.data,
       sessionId: s.id, peer: s.peer, method: s.method, query: s.params, headers: s.headers, params: s.params
     };
-    if (ev.message !== undefined && ev.message !== null) { event.message = ev.message; if (ev.binary) event.binary = true; }
+    if (ev.message !== undefined && ev.message !== null) {
+      event.message = ev.message;
+      if (ev.binary) { event.binary = true; event.bytes = host.base64ToBytes(ev.message); }
+    }
     if (ev.closeCode !== undefined && ev.closeCode !== null) event.closeReason = ev.closeCode;
     if (ev.error !== undefined && ev.error !== null) event.error = ev.error;
     var result;
@@ -528,11 +544,18 @@
     send: function (id, text) {
       id = String(id);
       if (!sessions.has(id) && !host.wsQuery(JSON.stringify({ SessionExists: id }))) return false;
-      wsOp({ Send: { session: id, text: String(text) } });
+      var data = wsData(text, String);
+      wsOp({ Send: { session: id, text: data.text, binary: data.binary } });
       return true;
     },
-    sendToGroup: function (group, text) { wsOp({ SendToGroup: { group: String(group), text: String(text) } }); },
-    sendToAll: function (text) { wsOp({ SendToAll: { text: String(text) } }); },
+    sendToGroup: function (group, text) {
+      var data = wsData(text, String);
+      wsOp({ SendToGroup: { group: String(group), text: data.text, binary: data.binary } });
+    },
+    sendToAll: function (text) {
+      var data = wsData(text, String);
+      wsOp({ SendToAll: { text: data.text, binary: data.binary } });
+    },
     addToGroup: function (group, id) { wsOp({ AddToGroup: { group: String(group), session: String(id) } }); },
     removeFromGroup: function (group, id) { wsOp({ RemoveFromGroup: { group: String(group), session: String(id) } }); },
     getGroupSize: function (group) { return host.wsQuery(JSON.stringify({ GroupSize: String(group) })); },

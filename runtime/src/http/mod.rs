@@ -2,6 +2,7 @@
 
 mod body;
 mod container;
+mod shed;
 
 pub use body::{full, json, json_error, Body};
 pub use container::{client_address, header_map, parse_query, request_data};
@@ -28,19 +29,24 @@ pub async fn serve(
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     let mut last_accept_warning = None;
+    let mut spare = shed::Spare::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Out of file descriptors, typically: say so now and then, not
-                        // on every retry.
+                        // Out of file descriptors, typically: refuse the waiting client
+                        // with 503 rather than leave it hanging, and say so now and
+                        // then, not on every retry.
+                        let refused = spare.refuse_one(&listener, &e);
                         if last_accept_warning.is_none_or(|at: tokio::time::Instant| at.elapsed() > Duration::from_secs(5)) {
                             tracing::warn!("accept failed: {e} (at the open-file limit? see ulimit -n)");
                             last_accept_warning = Some(tokio::time::Instant::now());
                         }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if !refused {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                         continue;
                     }
                 };

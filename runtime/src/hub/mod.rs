@@ -13,12 +13,28 @@ mod session;
 pub use session::{Outgoing, SessionHandle, SessionKind};
 
 use crate::supervisor::WorkerEvents;
-use crate::ws::codec::{close, text_frame};
+use crate::ws::codec::{binary_frame, close, text_frame};
+use base64::Engine;
 use bytes::Bytes;
 use mimhost_bindings::{SessionInfo, WsAnswer, WsOp, WsQuery};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+/// The frame a mim's message becomes: text, or (`binary`) the bytes its base64 holds.
+/// None, logged, when the base64 is broken (only a broken worker sends that).
+fn data_frame(container: &str, text: &str, binary: bool) -> Option<Bytes> {
+    if !binary {
+        return Some(text_frame(text));
+    }
+    match base64::engine::general_purpose::STANDARD.decode(text) {
+        Ok(bytes) => Some(binary_frame(&bytes)),
+        Err(e) => {
+            tracing::warn!(container, "binary message with broken base64 dropped: {e}");
+            None
+        }
+    }
+}
 
 /// A metric family: name, kind, help, and how to read it off a container's counters.
 type Family = (
@@ -297,23 +313,41 @@ impl Hub {
     /// Applies one WebSocket operation of `container`'s code.
     pub fn apply(&self, container: &str, op: WsOp) {
         match op {
-            WsOp::Reply { session, body, end } => {
+            WsOp::Reply {
+                session,
+                body,
+                end,
+                binary,
+            } => {
                 if let Some(s) = self.session_of(container, &session) {
-                    if let Some(body) = body {
-                        self.deliver(&s, &text_frame(&body));
+                    if let Some(frame) = body.and_then(|b| data_frame(container, &b, binary)) {
+                        self.deliver(&s, &frame);
                     }
                     if end {
                         s.close(close::NORMAL, "");
                     }
                 }
             }
-            WsOp::Send { session, text } => {
+            WsOp::Send {
+                session,
+                text,
+                binary,
+            } => {
+                let Some(frame) = data_frame(container, &text, binary) else {
+                    return;
+                };
                 if let Some(s) = self.session_of(container, &session) {
-                    self.deliver(&s, &text_frame(&text));
+                    self.deliver(&s, &frame);
                 }
             }
-            WsOp::SendToGroup { group, text } => {
-                let frame = text_frame(&text);
+            WsOp::SendToGroup {
+                group,
+                text,
+                binary,
+            } => {
+                let Some(frame) = data_frame(container, &text, binary) else {
+                    return;
+                };
                 let st = self.read();
                 let members = st.groups.get(&(container.to_string(), group));
                 for id in members.into_iter().flatten() {
@@ -322,8 +356,10 @@ impl Hub {
                     }
                 }
             }
-            WsOp::SendToAll { text } => {
-                let frame = text_frame(&text);
+            WsOp::SendToAll { text, binary } => {
+                let Some(frame) = data_frame(container, &text, binary) else {
+                    return;
+                };
                 let st = self.read();
                 for s in st
                     .by_container

@@ -284,6 +284,19 @@ impl Supervisor {
         let _ = live.to_worker.send(ToWorker::Ws { seq, event });
     }
 
+    /// Whether events of `session` still wait for or run in the worker: a closing
+    /// session waits for them so the replies to what it received go out first.
+    pub fn ws_busy(&self, session: &str) -> bool {
+        if lock(&self.waiting).iter().any(|e| e.session == session) {
+            return true;
+        }
+        self.current().is_some_and(|live| {
+            lock(&live.ws_inflight)
+                .iter()
+                .any(|(_, _, e)| e.session == session)
+        })
+    }
+
     /// Delivers a session event to `webSocketEvent`, in order per session; events
     /// that arrive during a restart wait for the new worker.
     pub fn ws_event(&self, event: WsEvent) {
