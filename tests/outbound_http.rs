@@ -456,8 +456,37 @@ async fn a_mim_v1_style_bundle_streams_a_chat_completion_through() {
         .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.header("content-type"), "text/event-stream");
-    for n in 1..=3 {
-        assert!(reply.body.contains(&format!(r#"data: {{"n":{n}}}"#)), "{reply:?}");
+    for part in ["Hel", "lo, ", "world"] {
+        assert!(reply.body.contains(&format!(r#"{{"content":"{part}"}}"#)), "{reply:?}");
     }
     assert!(reply.body.contains("[DONE]"), "{reply:?}");
+}
+
+/// The example mim `mims/ask`, as shipped, against a chat-completions upstream.
+#[tokio::test]
+async fn the_ask_example_streams_the_answer_text_as_it_comes() {
+    let up = Upstream::start().await;
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../mims/ask/index.js"))
+        .expect("mims/ask/index.js");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let env = support::mim_json(&[("ASK_API_URL", &up.url("/v1/chat/completions")), ("ASK_MODEL", "m")]);
+    let down = support::mim_json(&[("ASK_API_URL", &format!("http://127.0.0.1:{port}/v1/chat/completions"))]);
+    let mims = Mims::from_files(&[
+        ("ask/index.js", &source),
+        ("ask/mim.json", &env),
+        ("ask-down/index.js", &source),
+        ("ask-down/mim.json", &down),
+    ]);
+    let host = Host::start_with(&mims.path(), &["--handler-timeout", "10s"]).await;
+    let reply = host.get("/ask/?q=hi").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, world\n"), "{reply:?}");
+    let reply = host.post("/ask/", "hi").await;
+    assert_eq!(reply.body, "Hello, world\n", "{reply:?}");
+    assert_eq!(host.get("/ask/").await.status, 400);
+    // No model server: a clear 502.
+    let reply = host.get("/ask-down/?q=hi").await;
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert!(reply.body.contains("the model API failed"), "{reply:?}");
 }

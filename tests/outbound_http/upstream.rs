@@ -192,7 +192,27 @@ async fn answer<S: AsyncWrite + Unpin>(s: &mut S, req: &Request, rec: &Record) {
             }
             b"0\r\n\r\n".to_vec()
         }
-        "/sse" | "/v1/chat/completions" => {
+        "/v1/chat/completions" => {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for part in ["Hel", "lo, ", "world"] {
+                let event = format!(
+                    "data: {}\n\n",
+                    serde_json::json!({"choices": [{"delta": {"content": part}}]})
+                );
+                rec.events.lock().unwrap().push((event.clone(), Instant::now()));
+                let _ = s
+                    .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
+                    .await;
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let done = "data: [DONE]\n\n";
+            format!("{:x}\r\n{done}\r\n0\r\n\r\n", done.len()).into_bytes()
+        }
+        "/sse" => {
             let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
             if s.write_all(head.as_bytes()).await.is_err() {
                 return;
