@@ -82,7 +82,11 @@ async fn host_with(extra: &[&str]) -> (Mims, Host) {
 async fn call(host: &Host, options: Value) -> Vec<Value> {
     let reply = host.post("/out/call", options.to_string()).await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    reply.json().as_array().cloned().expect("a list of callbacks")
+    reply
+        .json()
+        .as_array()
+        .cloned()
+        .expect("a list of callbacks")
 }
 
 /// The single `error` callback of `events`, or a panic showing them.
@@ -124,7 +128,8 @@ async fn data_headers_and_authorization_are_sent_as_spec_7_says() {
                 "headers": {"X-One": "1"}, "authorization": "Token abc", "undefinedHeader": true }),
     )
     .await;
-    let echoed: Value = serde_json::from_str(only_success(&events)["data"].as_str().unwrap()).unwrap();
+    let echoed: Value =
+        serde_json::from_str(only_success(&events)["data"].as_str().unwrap()).unwrap();
     assert_eq!(echoed["method"], "POST");
     assert_eq!(echoed["body"], r#"{"a":1,"b":[true]}"#);
     assert_eq!(echoed["headers"]["content-type"], "application/json");
@@ -139,11 +144,20 @@ async fn data_headers_and_authorization_are_sent_as_spec_7_says() {
                 "headers": {"Content-Type": "application/vnd.test+json"} }),
     )
     .await;
-    let echoed: Value = serde_json::from_str(only_success(&events)["data"].as_str().unwrap()).unwrap();
-    assert_eq!(echoed["headers"]["content-type"], "application/vnd.test+json");
+    let echoed: Value =
+        serde_json::from_str(only_success(&events)["data"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        echoed["headers"]["content-type"],
+        "application/vnd.test+json"
+    );
     assert_eq!(echoed["contentTypes"], 1);
-    let events = call(&host, json!({ "url": up.url("/echo"), "type": "POST", "data": "raw text" })).await;
-    let echoed: Value = serde_json::from_str(only_success(&events)["data"].as_str().unwrap()).unwrap();
+    let events = call(
+        &host,
+        json!({ "url": up.url("/echo"), "type": "POST", "data": "raw text" }),
+    )
+    .await;
+    let echoed: Value =
+        serde_json::from_str(only_success(&events)["data"].as_str().unwrap()).unwrap();
     assert_eq!(echoed["body"], "raw text");
 }
 
@@ -151,7 +165,11 @@ async fn data_headers_and_authorization_are_sent_as_spec_7_says() {
 async fn stream_mode_gives_chunks_with_the_head_on_the_first_then_done() {
     let up = Upstream::start().await;
     let (_m, host) = host_with(&[]).await;
-    let events = call(&host, json!({ "url": up.url("/chunked"), "mode": "stream" })).await;
+    let events = call(
+        &host,
+        json!({ "url": up.url("/chunked"), "mode": "stream" }),
+    )
+    .await;
     assert!(events.len() >= 2, "{events:?}");
     let first = &events[0]["success"];
     assert_eq!(first["done"], false);
@@ -190,15 +208,25 @@ async fn a_streamed_upstream_reaches_the_client_before_the_upstream_finishes() {
         response.headers()["content-type"].to_str().unwrap(),
         "text/event-stream"
     );
-    let first = response.chunk().await.expect("read").expect("a first chunk");
+    let first = response
+        .chunk()
+        .await
+        .expect("read")
+        .expect("a first chunk");
     let first_at = Instant::now();
-    assert!(String::from_utf8_lossy(&first).contains(r#"data: {"n":1}"#), "{first:?}");
+    assert!(
+        String::from_utf8_lossy(&first).contains(r#"data: {"n":1}"#),
+        "{first:?}"
+    );
     let mut rest = Vec::new();
     while let Some(c) = response.chunk().await.expect("read") {
         rest.extend_from_slice(&c);
     }
     let rest = String::from_utf8_lossy(&rest);
-    assert!(rest.contains(r#"{"n":3}"#) && rest.contains("[DONE]"), "{rest}");
+    assert!(
+        rest.contains(r#"{"n":3}"#) && rest.contains("[DONE]"),
+        "{rest}"
+    );
     let events = up.record.events.lock().unwrap().clone();
     let last_sent = events.last().expect("the upstream sent events").1;
     assert!(
@@ -215,14 +243,25 @@ async fn redirects_are_followed_up_to_ten_and_not_in_proxy_mode() {
     let events = call(&host, json!({ "url": up.url("/redirect/3") })).await;
     assert_eq!(only_success(&events)["data"], "landed after GET");
     // 302 after a POST continues as GET.
-    let events = call(&host, json!({ "url": up.url("/redirect/1"), "type": "POST", "data": "x" })).await;
+    let events = call(
+        &host,
+        json!({ "url": up.url("/redirect/1"), "type": "POST", "data": "x" }),
+    )
+    .await;
     assert_eq!(only_success(&events)["data"], "landed after GET");
     let events = call(&host, json!({ "url": up.url("/redirect/10") })).await;
     only_success(&events);
     let events = call(&host, json!({ "url": up.url("/redirect/11") })).await;
     let error = only_error(&events);
-    assert!(error["message"].as_str().unwrap().contains("redirects"), "{error}");
-    let events = call(&host, json!({ "url": up.url("/redirect/3"), "mode": "proxy" })).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("redirects"),
+        "{error}"
+    );
+    let events = call(
+        &host,
+        json!({ "url": up.url("/redirect/3"), "mode": "proxy" }),
+    )
+    .await;
     let ok = only_success(&events);
     assert_eq!(ok["status"], 302);
     assert_eq!(ok["headers"]["location"], "/redirect/2");
@@ -237,7 +276,10 @@ async fn an_answer_of_400_and_above_is_an_error_with_status_content_and_headers(
     assert_eq!(error["status"], 404);
     assert_eq!(error["content"], "not here");
     assert_eq!(error["headers"]["x-why"], "testing");
-    assert!(error["message"].as_str().unwrap().contains("404"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("404"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -248,17 +290,35 @@ async fn no_answer_is_an_error_with_a_message_only() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let events = call(&host, json!({ "url": format!("http://127.0.0.1:{port}/x") })).await;
+    let events = call(
+        &host,
+        json!({ "url": format!("http://127.0.0.1:{port}/x") }),
+    )
+    .await;
     let error = only_error(&events);
     assert!(error.get("status").is_none(), "{error}");
-    assert!(error["message"].as_str().unwrap().to_lowercase().contains("refused"), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("refused"),
+        "{error}"
+    );
     // Stalls: nothing after the request, and a body that stops half way.
     for path in ["/stall-head", "/stall-body"] {
         let started = Instant::now();
         let events = call(&host, json!({ "url": up.url(path), "socketTimeout": 300 })).await;
         let error = only_error(&events);
-        assert!(error["message"].as_str().unwrap().contains("socketTimeout"), "{path}: {error}");
-        assert!(started.elapsed() < Duration::from_secs(3), "{path} took {:?}", started.elapsed());
+        assert!(
+            error["message"].as_str().unwrap().contains("socketTimeout"),
+            "{path}: {error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{path} took {:?}",
+            started.elapsed()
+        );
     }
     // The host still answers.
     only_success(&call(&host, json!({ "url": up.url("/plain") })).await);
@@ -268,10 +328,18 @@ async fn no_answer_is_an_error_with_a_message_only() {
 async fn bad_urls_and_headers_are_errors_and_nothing_is_sent() {
     let up = Upstream::start().await;
     let (_m, host) = host_with(&[]).await;
-    for url in ["ftp://127.0.0.1/x", "file:///etc/passwd", "not a url", "/relative"] {
+    for url in [
+        "ftp://127.0.0.1/x",
+        "file:///etc/passwd",
+        "not a url",
+        "/relative",
+    ] {
         let events = call(&host, json!({ "url": url })).await;
         let error = only_error(&events);
-        assert!(error["message"].as_str().unwrap().contains("URL"), "{url}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("URL"),
+            "{url}: {error}"
+        );
     }
     for headers in [
         json!({ "x-bad": "a\r\nInjected: 1" }),
@@ -280,9 +348,16 @@ async fn bad_urls_and_headers_are_errors_and_nothing_is_sent() {
     ] {
         let events = call(&host, json!({ "url": up.url("/echo"), "headers": headers })).await;
         let error = only_error(&events);
-        assert!(error["message"].as_str().unwrap().contains("CR or LF"), "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("CR or LF"),
+            "{error}"
+        );
     }
-    let events = call(&host, json!({ "url": up.url("/echo"), "authorization": "Bearer x\r\nEvil: 1" })).await;
+    let events = call(
+        &host,
+        json!({ "url": up.url("/echo"), "authorization": "Bearer x\r\nEvil: 1" }),
+    )
+    .await;
     only_error(&events);
     assert_eq!(up.requests(), 0, "a request reached the upstream");
 }
@@ -293,13 +368,30 @@ async fn bodies_over_the_limit_are_errors() {
     let (_m, host) = host_with(&["--max-body", "65536"]).await;
     let events = call(&host, json!({ "url": up.url("/big/100000") })).await;
     let error = only_error(&events);
-    assert!(error["message"].as_str().unwrap().contains("limit"), "{error}");
-    let events = call(&host, json!({ "url": up.url("/big/1000"), "mode": "stream" })).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("limit"),
+        "{error}"
+    );
+    let events = call(
+        &host,
+        json!({ "url": up.url("/big/1000"), "mode": "stream" }),
+    )
+    .await;
     assert_eq!(only_success(&events)["data"].as_str().unwrap().len(), 1000);
     // A request body over the limit is not sent.
-    let events = call(&host, json!({ "url": up.url("/echo"), "type": "POST", "bigData": 70_000 })).await;
+    let events = call(
+        &host,
+        json!({ "url": up.url("/echo"), "type": "POST", "bigData": 70_000 }),
+    )
+    .await;
     let error = only_error(&events);
-    assert!(error["message"].as_str().unwrap().contains("nothing was sent"), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was sent"),
+        "{error}"
+    );
     assert_eq!(up.requests(), 2);
 }
 
@@ -307,25 +399,37 @@ async fn bodies_over_the_limit_are_errors() {
 async fn output_file_writes_into_the_file_area_and_delete_file_removes_it() {
     let up = Upstream::start().await;
     let (_m, host) = host_with(&[]).await;
-    let events = call(&host, json!({ "url": up.url("/plain"), "outputFile": "downloads/a.txt" })).await;
+    let events = call(
+        &host,
+        json!({ "url": up.url("/plain"), "outputFile": "downloads/a.txt" }),
+    )
+    .await;
     let ok = only_success(&events);
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["outputFile"], "downloads/a.txt");
     assert_eq!(ok["size"], 19);
     assert!(ok.get("data").is_none(), "{ok}");
     let file = host.data_dir().join("files/out/downloads/a.txt");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello from upstream");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "hello from upstream"
+    );
     for bad in ["../escape.txt", "/tmp/abs.txt", "a/../../b", ""] {
         let events = call(&host, json!({ "url": up.url("/plain"), "outputFile": bad })).await;
         let error = only_error(&events);
-        assert!(error["message"].as_str().unwrap().contains("outputFile"), "{bad:?}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("outputFile"),
+            "{bad:?}: {error}"
+        );
     }
     assert!(!host.data_dir().join("files/escape.txt").exists());
     std::fs::write(host.data_dir().join("keep.txt"), "precious").unwrap();
     let reply = host.post("/out/delete", "../../keep.txt").await;
     assert!(reply.assert_error(500).contains("file area"), "{reply:?}");
     assert!(host.data_dir().join("keep.txt").exists());
-    host.post("/out/delete", "downloads/a.txt").await.assert_ok("deleted");
+    host.post("/out/delete", "downloads/a.txt")
+        .await
+        .assert_ok("deleted");
     support::poll_until(Duration::from_secs(5), || {
         let gone = (!file.exists()).then_some(());
         async move { gone }
@@ -340,16 +444,34 @@ async fn fetch_resolves_for_any_answer_and_rejects_without_one() {
     let (_m, host) = host_with(&[]).await;
     let fetch = |body: Value| host.post("/out/fetch", body.to_string());
     let r = fetch(json!({ "url": up.url("/plain") })).await.json();
-    assert_eq!(r, json!({ "ok": true, "status": 200, "statusText": "OK", "type": "text/plain", "missing": null, "body": "hello from upstream" }));
-    let r = fetch(json!({ "url": up.url("/json"), "json": true })).await.json();
+    assert_eq!(
+        r,
+        json!({ "ok": true, "status": 200, "statusText": "OK", "type": "text/plain", "missing": null, "body": "hello from upstream" })
+    );
+    let r = fetch(json!({ "url": up.url("/json"), "json": true }))
+        .await
+        .json();
     assert_eq!(r["body"], json!({ "answer": 42 }));
     let r = fetch(json!({ "url": up.url("/status/404") })).await.json();
-    assert_eq!((r["ok"].clone(), r["status"].clone(), r["body"].clone()), (json!(false), json!(404), json!("not here")));
+    assert_eq!(
+        (r["ok"].clone(), r["status"].clone(), r["body"].clone()),
+        (json!(false), json!(404), json!("not here"))
+    );
     let r = fetch(json!({ "url": up.url("/echo"), "init": { "method": "POST", "headers": { "X-Fetch": "yes" }, "body": "payload" } })).await.json();
     let echoed: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
-    assert_eq!((echoed["method"].clone(), echoed["body"].clone(), echoed["headers"]["x-fetch"].clone()), (json!("POST"), json!("payload"), json!("yes")));
+    assert_eq!(
+        (
+            echoed["method"].clone(),
+            echoed["body"].clone(),
+            echoed["headers"]["x-fetch"].clone()
+        ),
+        (json!("POST"), json!("payload"), json!("yes"))
+    );
     let r = fetch(json!({ "url": "http://127.0.0.1:1/" })).await.json();
-    assert!(r["rejected"].as_str().unwrap().contains("fetch failed"), "{r}");
+    assert!(
+        r["rejected"].as_str().unwrap().contains("fetch failed"),
+        "{r}"
+    );
     let r = fetch(json!({ "url": "gopher://x/" })).await.json();
     assert!(r["rejected"].is_string(), "{r}");
 }
@@ -376,10 +498,13 @@ async fn at_most_64_requests_of_a_container_are_in_flight_and_the_rest_wait() {
 async fn an_answer_after_a_worker_restart_is_dropped() {
     let up = Upstream::start().await;
     let (_m, host) = host_with(&[]).await;
-    host.post("/out/late", up.url("/slow")).await.assert_ok("started");
+    host.post("/out/late", up.url("/slow"))
+        .await
+        .assert_ok("started");
     let spun = host.get("/out/spin").await;
     assert_eq!(spun.status, 504, "{spun:?}");
-    host.wait_for_log("worker restarted", Duration::from_secs(10)).await;
+    host.wait_for_log("worker restarted", Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
     host.get("/out/late").await.assert_ok("null");
     assert!(!host.stderr_contains("panicked"), "{}", host.stderr());
@@ -426,7 +551,13 @@ async fn https_is_checked_against_ssl_cert_file_and_an_unknown_ca_is_an_error() 
     .await;
     let events = call(&trusting, json!({ "url": up.url("/plain") })).await;
     assert_eq!(only_success(&events)["data"], "hello from upstream");
-    let r = trusting.post("/out/fetch", json!({ "url": up.url("/json"), "json": true }).to_string()).await.json();
+    let r = trusting
+        .post(
+            "/out/fetch",
+            json!({ "url": up.url("/json"), "json": true }).to_string(),
+        )
+        .await
+        .json();
     assert_eq!(r["body"], json!({ "answer": 42 }));
     let plain = Host::start(&mims.path()).await;
     let events = call(&plain, json!({ "url": up.url("/plain") })).await;
@@ -447,17 +578,30 @@ async fn a_mim_v1_style_bundle_streams_a_chat_completion_through() {
         ("GEN_AI_CHAT_URI", &up.url("/v1/chat/completions")),
         ("GEN_AI_KEY", "k-123"),
     ]);
-    let mims = Mims::from_files(&[("mim-v1/index.js", MIM_V1_BUNDLE), ("mim-v1/mim.json", &env)]);
+    let mims = Mims::from_files(&[
+        ("mim-v1/index.js", MIM_V1_BUNDLE),
+        ("mim-v1/mim.json", &env),
+    ]);
     let host = Host::start_with(&mims.path(), &["--handler-timeout", "10s"]).await;
     let models = host.get("/mim-v1/models").await;
-    assert_eq!(models.json()["data"][0]["id"], "upstream-model", "{models:?}");
+    assert_eq!(
+        models.json()["data"][0]["id"],
+        "upstream-model",
+        "{models:?}"
+    );
     let reply = host
-        .post("/mim-v1/chat/completions", r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+        .post(
+            "/mim-v1/chat/completions",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        )
         .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.header("content-type"), "text/event-stream");
     for part in ["Hel", "lo, ", "world"] {
-        assert!(reply.body.contains(&format!(r#"{{"content":"{part}"}}"#)), "{reply:?}");
+        assert!(
+            reply.body.contains(&format!(r#"{{"content":"{part}"}}"#)),
+            "{reply:?}"
+        );
     }
     assert!(reply.body.contains("[DONE]"), "{reply:?}");
 }
@@ -466,13 +610,20 @@ async fn a_mim_v1_style_bundle_streams_a_chat_completion_through() {
 #[tokio::test]
 async fn the_ask_example_streams_the_answer_text_as_it_comes() {
     let up = Upstream::start().await;
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../mims/ask/index.js"))
-        .expect("mims/ask/index.js");
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../mims/ask/index.js"))
+            .expect("mims/ask/index.js");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let env = support::mim_json(&[("ASK_API_URL", &up.url("/v1/chat/completions")), ("ASK_MODEL", "m")]);
-    let down = support::mim_json(&[("ASK_API_URL", &format!("http://127.0.0.1:{port}/v1/chat/completions"))]);
+    let env = support::mim_json(&[
+        ("ASK_API_URL", &up.url("/v1/chat/completions")),
+        ("ASK_MODEL", "m"),
+    ]);
+    let down = support::mim_json(&[(
+        "ASK_API_URL",
+        &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+    )]);
     let mims = Mims::from_files(&[
         ("ask/index.js", &source),
         ("ask/mim.json", &env),
@@ -481,7 +632,11 @@ async fn the_ask_example_streams_the_answer_text_as_it_comes() {
     ]);
     let host = Host::start_with(&mims.path(), &["--handler-timeout", "10s"]).await;
     let reply = host.get("/ask/?q=hi").await;
-    assert_eq!((reply.status, reply.body.as_str()), (200, "Hello, world\n"), "{reply:?}");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "Hello, world\n"),
+        "{reply:?}"
+    );
     let reply = host.post("/ask/", "hi").await;
     assert_eq!(reply.body, "Hello, world\n", "{reply:?}");
     assert_eq!(host.get("/ask/").await.status, 400);

@@ -48,7 +48,9 @@ impl Upstream {
     }
 
     async fn start_inner(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream address");
         let record = Arc::new(Record::default());
         let rec = record.clone();
@@ -186,7 +188,9 @@ async fn answer<S: AsyncWrite + Unpin>(s: &mut S, req: &Request, rec: &Record) {
                 return;
             }
             for part in ["one ", "two ", "three"] {
-                let _ = s.write_all(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes()).await;
+                let _ = s
+                    .write_all(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes())
+                    .await;
                 let _ = s.flush().await;
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }
@@ -202,7 +206,10 @@ async fn answer<S: AsyncWrite + Unpin>(s: &mut S, req: &Request, rec: &Record) {
                     "data: {}\n\n",
                     serde_json::json!({"choices": [{"delta": {"content": part}}]})
                 );
-                rec.events.lock().unwrap().push((event.clone(), Instant::now()));
+                rec.events
+                    .lock()
+                    .unwrap()
+                    .push((event.clone(), Instant::now()));
                 let _ = s
                     .write_all(format!("{:x}\r\n{event}\r\n", event.len()).as_bytes())
                     .await;
@@ -219,7 +226,10 @@ async fn answer<S: AsyncWrite + Unpin>(s: &mut S, req: &Request, rec: &Record) {
             }
             for i in 1..=3 {
                 let event = format!("data: {{\"n\":{i}}}\n\n");
-                rec.events.lock().unwrap().push((event.clone(), Instant::now()));
+                rec.events
+                    .lock()
+                    .unwrap()
+                    .push((event.clone(), Instant::now()));
                 if s.write_all(event.as_bytes()).await.is_err() {
                     return;
                 }
@@ -230,13 +240,19 @@ async fn answer<S: AsyncWrite + Unpin>(s: &mut S, req: &Request, rec: &Record) {
             }
             b"data: [DONE]\n\n".to_vec()
         }
-        "/status/404" => write(whole("404 Not Found", "text/plain", "x-why: testing\r\n", "not here")),
+        "/status/404" => write(whole(
+            "404 Not Found",
+            "text/plain",
+            "x-why: testing\r\n",
+            "not here",
+        )),
         "/stall-head" => {
             tokio::time::sleep(Duration::from_secs(10)).await;
             return;
         }
         "/stall-body" => {
-            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\npartial";
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\npartial";
             let _ = s.write_all(head.as_bytes()).await;
             let _ = s.flush().await;
             tokio::time::sleep(Duration::from_secs(10)).await;
@@ -257,13 +273,23 @@ async fn answer<S: AsyncWrite + Unpin>(s: &mut S, req: &Request, rec: &Record) {
         p if p.starts_with("/redirect/") => {
             let n: usize = p[10..].parse().unwrap_or(0);
             if n == 0 {
-                write(whole("200 OK", "text/plain", "", &format!("landed after {}", req.method)))
+                write(whole(
+                    "200 OK",
+                    "text/plain",
+                    "",
+                    &format!("landed after {}", req.method),
+                ))
             } else {
                 let location = format!("location: /redirect/{}\r\n", n - 1);
                 write(whole("302 Found", "text/plain", &location, "moved"))
             }
         }
-        _ => write(whole("404 Not Found", "text/plain", "", "no such upstream path")),
+        _ => write(whole(
+            "404 Not Found",
+            "text/plain",
+            "",
+            "no such upstream path",
+        )),
     };
     let _ = s.write_all(&out).await;
 }

@@ -4,7 +4,9 @@
 
 use super::text::Utf8Chunks;
 use super::{OutboundHttp, DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, MAX_REDIRECTS};
-use mimhost_bindings::{OutboundHttpEvent, OutboundHttpHead, OutboundHttpMode, OutboundHttpRequest};
+use mimhost_bindings::{
+    OutboundHttpEvent, OutboundHttpHead, OutboundHttpMode, OutboundHttpRequest,
+};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use std::time::Duration;
@@ -38,7 +40,9 @@ pub(super) async fn run(
         ),
         None => None,
     };
-    let client = http.client(checked.connect_timeout).map_err(|e| e.to_string())?;
+    let client = http
+        .client(checked.connect_timeout)
+        .map_err(|e| e.to_string())?;
     let socket_timeout = checked.socket_timeout;
     let follow = request.mode != OutboundHttpMode::Proxy;
     let response = send(&client, checked, follow).await?;
@@ -155,8 +159,7 @@ async fn send(
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok());
-        let (true, Some(location), 301 | 302 | 303 | 307 | 308) = (follow, location, status)
-        else {
+        let (true, Some(location), 301 | 302 | 303 | 307 | 308) = (follow, location, status) else {
             return Ok(response);
         };
         if redirects == MAX_REDIRECTS {
@@ -316,7 +319,9 @@ impl BodyReader {
     /// complete, removed on failure); returns its size.
     async fn into_file(mut self, file: &std::path::Path) -> Result<u64, String> {
         let fail = |e: std::io::Error| format!("outputFile {}: {e}", file.display());
-        let dir = file.parent().ok_or_else(|| "outputFile has no folder".to_string())?;
+        let dir = file
+            .parent()
+            .ok_or_else(|| "outputFile has no folder".to_string())?;
         tokio::fs::create_dir_all(dir).await.map_err(fail)?;
         let name = file
             .file_name()

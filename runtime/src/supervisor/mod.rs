@@ -8,8 +8,8 @@
 mod spawn;
 
 use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
-use bytes::Bytes;
 use crate::outbound::OutboundHttp;
+use bytes::Bytes;
 use mimhost_bindings::{
     HttpRequest, MimSpec, OutboundHttpRequest, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery,
 };
