@@ -124,11 +124,7 @@ impl Isolate {
             &mut self.context,
         );
         if let Err(e) = result {
-            let message = describe(&e, Path::new(""), &mut self.context);
-            self.host.log(
-                LogLevel::Error,
-                &format!("{} request failed: {message}", self.name),
-            );
+            let message = self.log_failure("request", &e);
             let body =
                 serde_json::json!({"error": {"status": 500, "message": message}}).to_string();
             let headers = vec![("content-type".to_string(), "application/json".to_string())];
@@ -148,11 +144,7 @@ impl Isolate {
                     .call(&JsValue::undefined(), &[ev], &mut self.context)
             });
         if let Err(e) = result {
-            let message = describe(&e, Path::new(""), &mut self.context);
-            self.host.log(
-                LogLevel::Error,
-                &format!("{} websocket event failed: {message}", self.name),
-            );
+            self.log_failure("websocket event", &e);
         }
         self.run_jobs();
     }
@@ -172,13 +164,19 @@ impl Isolate {
                 )
             });
         if let Err(e) = result {
-            let message = describe(&e, Path::new(""), &mut self.context);
-            self.host.log(
-                LogLevel::Error,
-                &format!("{} http request callback failed: {message}", self.name),
-            );
+            self.log_failure("http request callback", &e);
         }
         self.run_jobs();
+    }
+
+    /// Logs that `what` failed with `error`; returns the error's description.
+    fn log_failure(&mut self, what: &str, error: &JsError) -> String {
+        let message = describe(error, Path::new(""), &mut self.context);
+        self.host.log(
+            LogLevel::Error,
+            &format!("{} {what} failed: {message}", self.name),
+        );
+        message
     }
 
     /// Hands the open sessions this isolate knows to `next`, which replaces it (hot swap).
