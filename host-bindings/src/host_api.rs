@@ -81,4 +81,11 @@ pub trait HostApi {
     fn log(&self, level: LogLevel, message: &str);
     /// The container's store.
     fn storage(&self) -> &dyn Storage;
+    /// Starts an outbound HTTP request (`context.http.request`, `fetch`) made by the
+    /// host; returns its id, unique in this worker process. What comes back reaches
+    /// the isolate through [`crate::Isolate::outbound_http`].
+    fn outbound_http(&self, request: crate::OutboundHttpRequest) -> u64;
+    /// Removes a file of the container's file area (`context.storage.deleteFile`);
+    /// the path is already checked with [`crate::file_area_path`].
+    fn delete_file(&self, path: &str);
 }

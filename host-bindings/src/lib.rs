@@ -11,10 +11,15 @@ mod jobs;
 mod modules;
 mod natives;
 pub mod nesting;
+mod outbound;
 mod request;
 mod ws;
 
 pub use host_api::{HostApi, LogLevel, Storage, StorageError};
 pub use isolate::{Isolate, LoadError, MimSpec};
+pub use outbound::{
+    file_area_path, FileAreaError, OutboundHttpEvent, OutboundHttpHead, OutboundHttpMode,
+    OutboundHttpRequest,
+};
 pub use request::HttpRequest;
 pub use ws::{SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};

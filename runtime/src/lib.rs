@@ -9,6 +9,7 @@ pub mod ipc;
 pub mod mcm;
 pub mod metrics;
 pub mod mims_dir;
+pub mod outbound;
 pub mod registry;
 pub mod store;
 pub mod supervisor;

@@ -8,8 +8,11 @@
 mod spawn;
 
 use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
+use crate::outbound::OutboundHttp;
 use bytes::Bytes;
-use mimhost_bindings::{HttpRequest, MimSpec, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};
+use mimhost_bindings::{
+    HttpRequest, MimSpec, OutboundHttpRequest, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +35,9 @@ pub struct WorkerLimits {
     pub handler_timeout: Duration,
     /// Resident memory a worker may reach before it is stopped.
     pub memory_bytes: u64,
+    /// The host's outbound HTTP (`context.http.request`, `fetch`): its client,
+    /// `--max-body` and the file area, shared by every worker.
+    pub outbound: Arc<OutboundHttp>,
 }
 
 /// Where a worker's output goes besides HTTP answers: the hub, in practice.
@@ -119,6 +125,9 @@ struct Live {
     ws_inflight: Mutex<std::collections::VecDeque<(u64, Instant, WsEvent)>>,
     /// Set when the host retired this worker on purpose and wants a replacement.
     replace: AtomicBool,
+    /// Its outbound HTTP requests in flight, by id: aborted when it goes, so no
+    /// answer reaches a later worker.
+    outbound: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
 }
 
 /// Supervises the worker process of one container.
@@ -139,6 +148,8 @@ pub struct Supervisor {
     dropped: Mutex<Vec<String>>,
     /// Whether the code exports `webSocketEvent`; session events are sent only then.
     ws_handler: AtomicBool,
+    /// Outbound HTTP requests of the container in flight (at most 64; more wait).
+    outbound_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Supervisor {
@@ -164,6 +175,7 @@ impl Supervisor {
             waiting: Mutex::new(Vec::new()),
             dropped: Mutex::new(Vec::new()),
             ws_handler: AtomicBool::new(false),
+            outbound_slots: Arc::new(OutboundHttp::container_slots()),
         });
         sup.spawn_worker().await?;
         tokio::spawn(sup.clone().watch_events());
@@ -208,6 +220,7 @@ impl Supervisor {
             kill_reason: Mutex::new(None),
             ws_inflight: Mutex::new(std::collections::VecDeque::new()),
             replace: AtomicBool::new(false),
+            outbound: Mutex::new(HashMap::new()),
         });
         tokio::spawn(write_frames(write, rx));
         tokio::spawn(self.clone().read_frames(read, live.clone(), child));
@@ -362,7 +375,7 @@ impl Supervisor {
     }
 
     /// Hands one frame from the worker to whoever waits for it.
-    fn route(&self, live: &Live, message: FromWorker) {
+    fn route(&self, live: &Arc<Live>, message: FromWorker) {
         let part = match message {
             FromWorker::Loaded { error, ws_handler } => {
                 let had = self.ws_handler.swap(ws_handler, Ordering::Relaxed);
@@ -401,6 +414,12 @@ impl Supervisor {
             }
             FromWorker::Dispatch { frames } => return self.events.on_dispatch(&self.name, frames),
             FromWorker::Log { level, message } => return log_line(&self.name, level, &message),
+            FromWorker::OutboundHttpRequest { id, request } => {
+                return self.start_outbound(live, id, request)
+            }
+            FromWorker::OutboundHttpDeleteFile { path } => {
+                return self.limits.outbound.delete_file(&self.name, &path)
+            }
             FromWorker::HttpStart {
                 id,
                 status,
@@ -433,6 +452,30 @@ impl Supervisor {
         }
     }
 
+    /// Runs an outbound HTTP request of `live`'s code on the host; what comes back
+    /// goes to that worker only (after a restart it is dropped, the task aborted).
+    fn start_outbound(&self, live: &Arc<Live>, id: u64, request: OutboundHttpRequest) {
+        let to = Arc::downgrade(live);
+        let sink = move |event| {
+            if let Some(live) = to.upgrade() {
+                let _ = live.to_worker.send(ToWorker::OutboundHttp { id, event });
+            }
+        };
+        let outbound = self.limits.outbound.clone();
+        let slots = self.outbound_slots.clone();
+        let container = self.name.clone();
+        let owner = Arc::downgrade(live);
+        // The map is locked across the spawn so the task's own removal comes after.
+        let mut in_flight = lock(&live.outbound);
+        let task = tokio::spawn(async move {
+            outbound.run(&container, &slots, request, &sink).await;
+            if let Some(live) = owner.upgrade() {
+                lock(&live.outbound).remove(&id);
+            }
+        });
+        in_flight.insert(id, task.abort_handle());
+    }
+
     /// A worker exited: answer its leftovers and replace it (unless stopped).
     async fn worker_gone(self: &Arc<Self>, live: &Arc<Live>, reason: &str) {
         let was_current = {
@@ -449,6 +492,7 @@ impl Supervisor {
             "the worker of {} stopped before answering: {reason}",
             self.name
         );
+        abort_outbound(live);
         for (_, tx) in lock(&live.pending).drain() {
             let _ = tx.send(HttpPart::Failed {
                 message: message.clone(),
@@ -626,6 +670,7 @@ impl Supervisor {
         let Some(live) = lock(&self.live).take() else {
             return;
         };
+        abort_outbound(&live);
         let _ = live.to_worker.send(ToWorker::Shutdown);
         let deadline = Instant::now() + Duration::from_secs(5);
         while process_alive(live.pid) && Instant::now() < deadline {
@@ -640,6 +685,13 @@ impl Supervisor {
 /// Locks a mutex, shrugging off poisoning (no lock here guards a multi-step invariant).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ends every outbound HTTP request of a worker that is going away.
+fn abort_outbound(live: &Live) {
+    for (_, task) in lock(&live.outbound).drain() {
+        task.abort();
+    }
 }
 
 fn kill(live: &Live, reason: &str) {
