@@ -123,7 +123,7 @@ impl Isolate {
         if let Err(e) = result {
             let message = describe(&e, Path::new(""), &mut self.context);
             self.host.log(
-                LogLevel::Error,
+                LogLevel::Uncaught,
                 &format!("{} request failed: {message}", self.name),
             );
             let body =
@@ -147,7 +147,7 @@ impl Isolate {
         if let Err(e) = result {
             let message = describe(&e, Path::new(""), &mut self.context);
             self.host.log(
-                LogLevel::Error,
+                LogLevel::Uncaught,
                 &format!("{} websocket event failed: {message}", self.name),
             );
         }
@@ -202,7 +202,7 @@ impl Isolate {
         if let Err(e) = self.context.run_jobs() {
             let message = describe(&e, Path::new(""), &mut self.context);
             self.host
-                .log(LogLevel::Error, &format!("{}: {message}", self.name));
+                .log(LogLevel::Uncaught, &format!("{}: {message}", self.name));
         }
     }
 }
