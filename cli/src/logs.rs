@@ -37,7 +37,11 @@ pub fn run(args: &LogsArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if !args.follow {
         let body = client.get(&path)?.ok(&what)?;
-        for line in body["data"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for line in body["data"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
             writeln!(out, "{}", format_line(line))?;
         }
         return Ok(());

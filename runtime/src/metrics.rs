@@ -5,9 +5,9 @@
 //! in the matching `render_*` function.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -237,7 +237,12 @@ mod tests {
     fn keeps_a_bounded_list_of_recent_requests() {
         let m = Metrics::new();
         for _ in 0..RECENT_SAMPLES + 3 {
-            m.record_sample("a", &format!("GET /{}", "é".repeat(100)), 200, Duration::from_millis(2));
+            m.record_sample(
+                "a",
+                &format!("GET /{}", "é".repeat(100)),
+                200,
+                Duration::from_millis(2),
+            );
         }
         let recent = m.recent("a");
         assert_eq!(recent.len(), RECENT_SAMPLES);

@@ -542,7 +542,10 @@ impl Hub {
 
     /// How many sessions `container` has open.
     pub fn open_sessions(&self, container: &str) -> usize {
-        self.read().by_container.get(container).map_or(0, |m| m.len())
+        self.read()
+            .by_container
+            .get(container)
+            .map_or(0, |m| m.len())
     }
 
     /// Closes every session of `container` with `code` (container deleted: 1001).

@@ -81,12 +81,7 @@ pub fn logs(state: &HostState, id: &str, query: Option<&str>) -> Response<Body> 
     }
     let follow = state.hub.logs.follow(id, limit);
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(pump(
-        state.registry.clone(),
-        id.to_string(),
-        follow,
-        tx,
-    ));
+    tokio::spawn(pump(state.registry.clone(), id.to_string(), follow, tx));
     let mut resp = Response::new(streamed(rx));
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -124,7 +119,9 @@ async fn pump(
         let next = tokio::time::timeout(KEEPALIVE, live.recv()).await;
         let frame = match next {
             Ok(Ok(line)) => line_event(&line),
-            Ok(Err(RecvError::Lagged(n))) => event("gap", None, &json!({ "skipped": n }).to_string()),
+            Ok(Err(RecvError::Lagged(n))) => {
+                event("gap", None, &json!({ "skipped": n }).to_string())
+            }
             Ok(Err(RecvError::Closed)) => break,
             Err(_) if registry.get(&id).is_none() => break,
             Err(_) => Frame::data(Bytes::from_static(b": keepalive\n\n")),

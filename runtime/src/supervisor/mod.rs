@@ -438,7 +438,9 @@ impl Supervisor {
                     3 => (logs::Level::Error, logs::Source::Console),
                     _ => (logs::Level::Error, logs::Source::Uncaught),
                 };
-                return self.events.on_log(&self.name, level, source, &message, None);
+                return self
+                    .events
+                    .on_log(&self.name, level, source, &message, None);
             }
             FromWorker::HttpStart {
                 id,
@@ -658,7 +660,11 @@ impl Supervisor {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(None)) => {
                 *lock(&self.spec) = spec;
-                self.host_log(logs::Level::Info, "hot swapped: the new code is serving", None);
+                self.host_log(
+                    logs::Level::Info,
+                    "hot swapped: the new code is serving",
+                    None,
+                );
                 Ok(())
             }
             Ok(Ok(Some(e))) => {
