@@ -2,6 +2,7 @@
 
 mod client;
 mod deploy;
+mod logs;
 mod pack;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Command {
     Ls(deploy::LsArgs),
     /// Stop and remove a container.
     Rm(deploy::RmArgs),
+    /// Print a container's recent log lines; -f follows new ones.
+    Logs(logs::LogsArgs),
     /// Internal: a container's worker process (started by `serve`).
     #[command(hide = true)]
     Worker,
@@ -110,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pack(args) => exit_on_error(pack::run(&args)),
         Command::Ls(args) => exit_on_error(deploy::ls(&args)),
         Command::Rm(args) => exit_on_error(deploy::rm(&args)),
+        Command::Logs(args) => exit_on_error(logs::run(&args)),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)

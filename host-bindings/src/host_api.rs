@@ -14,6 +14,9 @@ pub enum LogLevel {
     Warn,
     /// `console.error`, `log.error`, and errors the host reports for the mim.
     Error,
+    /// An error the mim's code threw and did not catch (a handler, a timer, a
+    /// promise): logged at error level and tagged `uncaught` in the container's log.
+    Uncaught,
 }
 
 impl LogLevel {
@@ -23,6 +26,7 @@ impl LogLevel {
             "debug" => Self::Debug,
             "warn" => Self::Warn,
             "error" => Self::Error,
+            "uncaught" => Self::Uncaught,
             _ => Self::Info,
         }
     }

@@ -173,7 +173,7 @@ impl Isolate {
     fn log_failure(&mut self, what: &str, error: &JsError) -> String {
         let message = describe(error, Path::new(""), &mut self.context);
         self.host.log(
-            LogLevel::Error,
+            LogLevel::Uncaught,
             &format!("{} {what} failed: {message}", self.name),
         );
         message
@@ -227,7 +227,7 @@ impl Isolate {
         if let Err(e) = self.context.run_jobs() {
             let message = describe(&e, Path::new(""), &mut self.context);
             self.host
-                .log(LogLevel::Error, &format!("{}: {message}", self.name));
+                .log(LogLevel::Uncaught, &format!("{}: {message}", self.name));
         }
     }
 }

@@ -189,7 +189,7 @@
 
   function reportError(where, e) {
     var text = e && e.stack ? String(e) + '\n' + e.stack : String(e);
-    host.log('error', where + ' threw: ' + text);
+    host.log('uncaught', where + ' threw: ' + text);
   }
 
   // ---- context -----------------------------------------------------------------

@@ -127,7 +127,7 @@ pub enum FromWorker {
     },
     /// A log line of the mim.
     Log {
-        /// 0 debug, 1 info, 2 warn, 3 error.
+        /// 0 debug, 1 info, 2 warn, 3 error, [`LOG_UNCAUGHT`] an uncaught error.
         level: u8,
         /// The line.
         message: String,
@@ -145,6 +145,10 @@ pub enum FromWorker {
         path: String,
     },
 }
+
+/// [`FromWorker::Log`] level of an error the mim's code did not catch (logged as an
+/// error, tagged `uncaught` in the container's log).
+pub const LOG_UNCAUGHT: u8 = 4;
 
 /// A frame that could not be decoded.
 #[derive(Debug, thiserror::Error)]

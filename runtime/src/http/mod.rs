@@ -1,10 +1,11 @@
-//! The one HTTP server: `/healthz`, and every container path by longest base path.
+//! The one HTTP server: `/healthz`, the MCM API, `/metrics`, the web console (`/` and
+//! `/_/…`), and every container path by longest base path.
 
 mod body;
 mod container;
 mod shed;
 
-pub use body::{full, json, json_error, Body};
+pub use body::{full, json, json_error, streamed, Body};
 pub use container::{client_address, header_map, parse_query, request_data};
 
 use crate::host::HostState;
@@ -102,6 +103,12 @@ async fn handle(
     }
     if crate::ws::is_upgrade(&req) {
         return Ok(crate::ws::upgrade(&state, req, peer).await);
+    }
+    // The console owns /_/…, and / unless a mim serves at base path / (then the
+    // console is still at /_/).
+    let root_mim = path == "/" && state.registry.route("/").is_some();
+    if crate::console::owns(&path) || (path == "/" && !root_mim) {
+        return Ok(crate::console::serve(req.method(), &path));
     }
     match state.registry.route(&path) {
         Some((container, rest)) => Ok(container::handle(&state, &container, rest, req, peer).await),

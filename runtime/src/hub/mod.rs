@@ -98,6 +98,9 @@ pub struct Hub {
     started: u64,
     counter: AtomicU64,
     stats: RwLock<HashMap<String, Arc<HubStats>>>,
+    /// Each container's recent log lines: workers report through the hub (it is
+    /// their [`WorkerEvents`]), the MCM API and the console read them here.
+    pub logs: Arc<crate::logs::LogBook>,
 }
 
 impl Hub {
@@ -113,6 +116,7 @@ impl Hub {
             started,
             counter: AtomicU64::new(0),
             stats: RwLock::default(),
+            logs: Arc::default(),
         }
     }
 
@@ -541,6 +545,45 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// The open sessions of `container` as the MCM API lists them, oldest id first.
+    pub fn session_views(&self, container: &str) -> Vec<serde_json::Value> {
+        let mut sessions: Vec<Arc<SessionHandle>> = self
+            .read()
+            .by_container
+            .get(container)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        sessions.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        sessions
+            .iter()
+            .map(|s| {
+                let kind = match s.kind {
+                    SessionKind::Dispatch => "dispatch",
+                    SessionKind::Controller => "controller",
+                };
+                let mut groups = s.groups();
+                groups.sort();
+                serde_json::json!({
+                    "id": s.info.id,
+                    "peer": s.info.peer,
+                    "path": s.info.path,
+                    "kind": kind,
+                    "groups": groups,
+                    "clientId": s.bound_client_id().unwrap_or_else(|| s.info.id.clone()),
+                    "queuedFrames": s.queued_frames(),
+                })
+            })
+            .collect()
+    }
+
+    /// How many sessions `container` has open.
+    pub fn open_sessions(&self, container: &str) -> usize {
+        self.read()
+            .by_container
+            .get(container)
+            .map_or(0, |m| m.len())
+    }
+
     /// Closes every session of `container` with `code` (container deleted: 1001).
     pub fn close_container(&self, container: &str, code: u16, reason: &str) {
         for s in self
@@ -586,5 +629,20 @@ impl WorkerEvents for Hub {
 
     fn on_stopped(&self, container: &str) {
         self.close_container(container, close::GOING_AWAY, "container stopped");
+        use crate::logs::{Level, Source};
+        self.logs
+            .push(container, Level::Info, Source::Host, "stopped", None);
+        self.logs.close(container);
+    }
+
+    fn on_log(
+        &self,
+        container: &str,
+        level: crate::logs::Level,
+        source: crate::logs::Source,
+        message: &str,
+        cause: Option<crate::logs::Cause>,
+    ) {
+        self.logs.push(container, level, source, message, cause);
     }
 }

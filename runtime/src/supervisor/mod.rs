@@ -9,6 +9,7 @@ mod spawn;
 
 use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
 use crate::outbound::OutboundHttp;
+use crate::logs;
 use bytes::Bytes;
 use mimhost_bindings::{
     HttpRequest, MimSpec, OutboundHttpRequest, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery,
@@ -52,6 +53,17 @@ pub trait WorkerEvents: Send + Sync + 'static {
     fn sessions_of(&self, container: &str) -> Vec<SessionInfo>;
     /// The container stopped for good: its sessions close 1001.
     fn on_stopped(&self, container: &str);
+    /// A line for the container's log: what its code wrote or threw, a worker
+    /// restart and why, a hot swap. Ignored unless the receiver keeps logs.
+    fn on_log(
+        &self,
+        _container: &str,
+        _level: logs::Level,
+        _source: logs::Source,
+        _message: &str,
+        _cause: Option<logs::Cause>,
+    ) {
+    }
 }
 
 /// One piece of an HTTP answer coming back from a worker.
@@ -128,6 +140,8 @@ struct Live {
     /// Its outbound HTTP requests in flight, by id: aborted when it goes, so no
     /// answer reaches a later worker.
     outbound: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    /// Set when it was retired for running past the handler timeout.
+    timed_out: AtomicBool,
 }
 
 /// Supervises the worker process of one container.
@@ -150,6 +164,8 @@ pub struct Supervisor {
     ws_handler: AtomicBool,
     /// Outbound HTTP requests of the container in flight (at most 64; more wait).
     outbound_slots: Arc<tokio::sync::Semaphore>,
+    /// Workers replaced after dying or being killed (for the console and the API).
+    restarts: AtomicU64,
 }
 
 impl Supervisor {
@@ -176,10 +192,28 @@ impl Supervisor {
             dropped: Mutex::new(Vec::new()),
             ws_handler: AtomicBool::new(false),
             outbound_slots: Arc::new(OutboundHttp::container_slots()),
+            restarts: AtomicU64::new(0),
         });
         sup.spawn_worker().await?;
+        sup.host_log(logs::Level::Info, "started", None);
         tokio::spawn(sup.clone().watch_events());
         Ok(sup)
+    }
+
+    /// Writes a host line (start, restart, hot swap) to the container's log.
+    fn host_log(&self, level: logs::Level, message: &str, cause: Option<logs::Cause>) {
+        let source = if cause.is_some() {
+            logs::Source::Restart
+        } else {
+            logs::Source::Host
+        };
+        self.events
+            .on_log(&self.name, level, source, message, cause);
+    }
+
+    /// How many times the worker was restarted since the container started.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 
     /// The container name.
@@ -221,6 +255,7 @@ impl Supervisor {
             ws_inflight: Mutex::new(std::collections::VecDeque::new()),
             replace: AtomicBool::new(false),
             outbound: Mutex::new(HashMap::new()),
+            timed_out: AtomicBool::new(false),
         });
         tokio::spawn(write_frames(write, rx));
         tokio::spawn(self.clone().read_frames(read, live.clone(), child));
@@ -359,6 +394,13 @@ impl Supervisor {
             }
         }
         let status = child.wait().await;
+        let cause = if live.timed_out.load(Ordering::Relaxed) {
+            logs::Cause::Timeout
+        } else if matches!(&status, Ok(s) if s.code() == Some(crate::worker::EXIT_MEMORY)) {
+            logs::Cause::Memory
+        } else {
+            logs::Cause::Crash
+        };
         let reason = lock(&live.kill_reason)
             .clone()
             .unwrap_or_else(|| match status {
@@ -371,7 +413,7 @@ impl Supervisor {
                 Ok(s) => format!("it exited ({s})"),
                 Err(e) => format!("it could not be waited for ({e})"),
             });
-        self.worker_gone(&live, &reason).await;
+        self.worker_gone(&live, &reason, cause).await;
     }
 
     /// Hands one frame from the worker to whoever waits for it.
@@ -413,7 +455,19 @@ impl Supervisor {
                 return;
             }
             FromWorker::Dispatch { frames } => return self.events.on_dispatch(&self.name, frames),
-            FromWorker::Log { level, message } => return log_line(&self.name, level, &message),
+            FromWorker::Log { level, message } => {
+                log_line(&self.name, level, &message);
+                let (level, source) = match level {
+                    0 => (logs::Level::Debug, logs::Source::Console),
+                    1 => (logs::Level::Info, logs::Source::Console),
+                    2 => (logs::Level::Warn, logs::Source::Console),
+                    3 => (logs::Level::Error, logs::Source::Console),
+                    _ => (logs::Level::Error, logs::Source::Uncaught),
+                };
+                return self
+                    .events
+                    .on_log(&self.name, level, source, &message, None);
+            }
             FromWorker::OutboundHttpRequest { id, request } => {
                 return self.start_outbound(live, id, request)
             }
@@ -477,7 +531,7 @@ impl Supervisor {
     }
 
     /// A worker exited: answer its leftovers and replace it (unless stopped).
-    async fn worker_gone(self: &Arc<Self>, live: &Arc<Live>, reason: &str) {
+    async fn worker_gone(self: &Arc<Self>, live: &Arc<Live>, reason: &str, cause: logs::Cause) {
         let was_current = {
             let mut current = lock(&self.live);
             let same = current
@@ -516,12 +570,23 @@ impl Supervisor {
             return;
         }
         tracing::warn!(container = %self.name, "worker restarted: {reason}");
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        self.host_log(
+            logs::Level::Warn,
+            &format!("worker restarted: {reason}"),
+            Some(cause),
+        );
         let mut backoff = Duration::from_millis(100);
         while !self.stopped.load(Ordering::Relaxed) {
             match self.spawn_worker().await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::error!(container = %self.name, "worker restart failed: {e}");
+                    self.host_log(
+                        logs::Level::Error,
+                        &format!("worker restart failed: {e}"),
+                        None,
+                    );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -620,6 +685,7 @@ impl Supervisor {
     /// replacement that the reader task starts when the process is gone.
     fn retire(&self, live: &Arc<Live>, reason: &str) {
         live.replace.store(true, Ordering::Relaxed);
+        live.timed_out.store(true, Ordering::Relaxed);
         {
             let mut current = lock(&self.live);
             if current
@@ -651,9 +717,21 @@ impl Supervisor {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(None)) => {
                 *lock(&self.spec) = spec;
+                self.host_log(
+                    logs::Level::Info,
+                    "hot swapped: the new code is serving",
+                    None,
+                );
                 Ok(())
             }
-            Ok(Ok(Some(e))) => Err(e),
+            Ok(Ok(Some(e))) => {
+                self.host_log(
+                    logs::Level::Error,
+                    &format!("the new code did not load; the previous version keeps serving: {e}"),
+                    None,
+                );
+                Err(e)
+            }
             Ok(Err(_)) => Err("the worker exited while loading the new code".into()),
             Err(_) => {
                 self.retire(&live, "loading new code overran the handler timeout");

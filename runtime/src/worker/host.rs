@@ -125,6 +125,7 @@ impl HostApi for WorkerHost {
             LogLevel::Info => 1,
             LogLevel::Warn => 2,
             LogLevel::Error => 3,
+            LogLevel::Uncaught => crate::ipc::LOG_UNCAUGHT,
         };
         self.send(&FromWorker::Log {
             level,
