@@ -267,7 +267,7 @@ fn delete_file(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsV
 /// Builds the `__host` object the prelude receives.
 pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
     type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
-    let functions: [(&str, Native, usize); 21] = [
+    let functions: &[(&str, Native, usize)] = &[
         ("log", log, 2),
         ("now", now, 0),
         ("dispatch", dispatch, 1),
@@ -293,7 +293,7 @@ pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
         ("deleteFile", delete_file, 1),
     ];
     let mut init = ObjectInitializer::new(ctx);
-    for (name, f, len) in functions {
+    for &(name, f, len) in functions {
         init.function(NativeFunction::from_fn_ptr(f), JsString::from(name), len);
     }
     init.build()
