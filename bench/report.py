@@ -179,6 +179,15 @@ row("HTTP /healthz (no JS), 1 conn (µs/req)", seq_health, better="lower")
 if seq_hello is not None and seq_health is not None:
     row("HTTP hello − /healthz (µs/req)", seq_hello - seq_health, better="lower")
 
+proxied = get("proxy-mim-seq", "latency", "mean_us")
+direct = get("proxy-direct-seq", "latency", "mean_us")
+row("GET proxied through a mim (context.http.request), 1 conn (µs/req)", proxied,
+    "the same upstream (Node http) called directly", direct, "lower")
+if proxied is not None and direct is not None:
+    row("added by the proxy hop (µs/req)", proxied - direct, better="lower")
+row("GET proxied through a mim, 64 conns (req/s)", get("proxy-mim-64", "rps"),
+    "the same upstream called directly", get("proxy-direct-64", "rps"))
+
 for name, v in sorted(raw.items()):
     if isinstance(v, dict) and v.get("failed") is True:
         notes.append("%s failed: %s" % (name, (v.get("log") or "").strip().replace("\n", " ")[:200]))

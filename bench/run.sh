@@ -239,6 +239,21 @@ record "seq-hello" "$LOADGEN" http --url "http://127.0.0.1:$SRV_PORT/hello/" --c
 record "seq-healthz" "$LOADGEN" http --url "http://127.0.0.1:$SRV_PORT/healthz" --conns 1 --duration "$SEQ_S" --warmup 0.5
 stop_server
 
+# ---------------------------------------------------------------- 7. outbound HTTP
+say "== 7. outbound HTTP: a proxied request against the upstream called directly"
+start_server node                       # the upstream: Node http's /hello/
+UP_PID=$SRV_PID; UP_PORT=$SRV_PORT
+UP_URL="http://127.0.0.1:$UP_PORT/hello/"
+UP_ENC=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$UP_URL")
+start_server mimhost-bench              # bench/mims/proxy: client -> mim -> upstream -> mim -> client
+PROXY_URL="http://127.0.0.1:$SRV_PORT/proxy/?u=$UP_ENC"
+record "proxy-direct-seq" "$LOADGEN" http --url "$UP_URL" --conns 1 --duration "$SEQ_S" --warmup 0.5
+record "proxy-mim-seq" "$LOADGEN" http --url "$PROXY_URL" --conns 1 --duration "$SEQ_S" --warmup 0.5
+record "proxy-direct-64" "$LOADGEN" http --url "$UP_URL" --conns 64 --duration "$HTTP_S"
+record "proxy-mim-64" "$LOADGEN" http --url "$PROXY_URL" --conns 64 --duration "$HTTP_S"
+stop_server
+SRV_PID=$UP_PID; stop_server
+
 # ---------------------------------------------------------------- report
 ws_version=$(node -p "require('./bench/peers/node_modules/ws/package.json').version")
 mesa_version=$(node -p "require('./bench/peers/node_modules/@cryb/mesa/package.json').version")

@@ -1,4 +1,4 @@
-//! A small blocking client for the MCM API, shared by `deploy`, `ls` and `rm`.
+//! A small blocking client for the MCM API, shared by `deploy`, `ls`, `rm` and `logs`.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -88,6 +88,37 @@ impl Client {
         content_type: &str,
         body: Option<&[u8]>,
     ) -> Result<Reply> {
+        let response = self.respond(method, path, content_type, body)?;
+        let status = response.status();
+        let text = response
+            .into_string()
+            .context("reading the server's answer")?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Reply { status, body })
+    }
+
+    /// `GET path` read as a stream (server-sent events); a non-2xx answer is an error
+    /// holding the server's message.
+    pub fn stream(&self, path: &str, what: &str) -> Result<Box<dyn std::io::Read + Send>> {
+        let response = self.respond("GET", path, "", None)?;
+        let status = response.status();
+        if (200..300).contains(&status) {
+            return Ok(Box::new(response.into_reader()));
+        }
+        let text = response.into_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, body }.ok(what)?;
+        bail!("{what} failed ({status})")
+    }
+
+    /// Sends one request; any HTTP status is an answer, no connection is an error.
+    fn respond(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+    ) -> Result<ureq::Response> {
         let url = self.url(path);
         let req = self
             .agent
@@ -107,12 +138,7 @@ impl Client {
                 ))
             }
         };
-        let status = response.status();
-        let text = response
-            .into_string()
-            .context("reading the server's answer")?;
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Reply { status, body })
+        Ok(response)
     }
 
     /// `GET path`.

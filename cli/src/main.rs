@@ -2,6 +2,7 @@
 
 mod client;
 mod deploy;
+mod logs;
 mod pack;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Command {
     Ls(deploy::LsArgs),
     /// Stop and remove a container.
     Rm(deploy::RmArgs),
+    /// Print a container's recent log lines; -f follows new ones.
+    Logs(logs::LogsArgs),
     /// Internal: a container's worker process (started by `serve`).
     #[command(hide = true)]
     Worker,
@@ -77,6 +80,9 @@ struct ServeArgs {
     /// How often idle WebSocket sessions are pinged (a peer silent for two is dropped).
     #[arg(long, env = "MIMHOST_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     ping_interval: Duration,
+    /// Largest WebSocket message a client may send (bigger: close 1009), e.g. 16MiB.
+    #[arg(long, env = "MIMHOST_MAX_MESSAGE", default_value = "1MiB", value_parser = parse_size)]
+    max_message: u64,
 }
 
 impl From<ServeArgs> for Config {
@@ -94,6 +100,7 @@ impl From<ServeArgs> for Config {
             max_body: a.max_body as usize,
             max_image: a.max_image as usize,
             ping_interval: a.ping_interval,
+            max_message: a.max_message as usize,
         }
     }
 }
@@ -106,6 +113,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pack(args) => exit_on_error(pack::run(&args)),
         Command::Ls(args) => exit_on_error(deploy::ls(&args)),
         Command::Rm(args) => exit_on_error(deploy::rm(&args)),
+        Command::Logs(args) => exit_on_error(logs::run(&args)),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)

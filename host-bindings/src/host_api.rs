@@ -14,6 +14,9 @@ pub enum LogLevel {
     Warn,
     /// `console.error`, `log.error`, and errors the host reports for the mim.
     Error,
+    /// An error the mim's code threw and did not catch (a handler, a timer, a
+    /// promise): logged at error level and tagged `uncaught` in the container's log.
+    Uncaught,
 }
 
 impl LogLevel {
@@ -23,6 +26,7 @@ impl LogLevel {
             "debug" => Self::Debug,
             "warn" => Self::Warn,
             "error" => Self::Error,
+            "uncaught" => Self::Uncaught,
             _ => Self::Info,
         }
     }
@@ -81,4 +85,11 @@ pub trait HostApi {
     fn log(&self, level: LogLevel, message: &str);
     /// The container's store.
     fn storage(&self) -> &dyn Storage;
+    /// Starts an outbound HTTP request (`context.http.request`, `fetch`) made by the
+    /// host; returns its id, unique in this worker process. What comes back reaches
+    /// the isolate through [`crate::Isolate::outbound_http`].
+    fn outbound_http(&self, request: crate::OutboundHttpRequest) -> u64;
+    /// Removes a file of the container's file area (`context.storage.deleteFile`);
+    /// the path is already checked with [`crate::file_area_path`].
+    fn delete_file(&self, path: &str);
 }

@@ -58,6 +58,7 @@ pub struct Isolate {
     handle_http: JsObject,
     handle_ws: JsObject,
     run_timers: JsObject,
+    outbound_http: JsObject,
 }
 
 impl Isolate {
@@ -102,6 +103,7 @@ impl Isolate {
         let handle_http = function("handleHttp", &mut context)?;
         let handle_ws = function("handleWs", &mut context)?;
         let run_timers = function("runTimers", &mut context)?;
+        let outbound_http = function("outboundHttp", &mut context)?;
         Ok(Self {
             context,
             host,
@@ -109,6 +111,7 @@ impl Isolate {
             handle_http,
             handle_ws,
             run_timers,
+            outbound_http,
         })
     }
 
@@ -121,11 +124,7 @@ impl Isolate {
             &mut self.context,
         );
         if let Err(e) = result {
-            let message = describe(&e, Path::new(""), &mut self.context);
-            self.host.log(
-                LogLevel::Error,
-                &format!("{} request failed: {message}", self.name),
-            );
+            let message = self.log_failure("request", &e);
             let body =
                 serde_json::json!({"error": {"status": 500, "message": message}}).to_string();
             let headers = vec![("content-type".to_string(), "application/json".to_string())];
@@ -145,13 +144,39 @@ impl Isolate {
                     .call(&JsValue::undefined(), &[ev], &mut self.context)
             });
         if let Err(e) = result {
-            let message = describe(&e, Path::new(""), &mut self.context);
-            self.host.log(
-                LogLevel::Error,
-                &format!("{} websocket event failed: {message}", self.name),
-            );
+            self.log_failure("websocket event", &e);
         }
         self.run_jobs();
+    }
+
+    /// Delivers what came back for outbound HTTP request `id` to its `success` /
+    /// `error` callbacks (or `fetch` promise); an id this isolate did not start (it
+    /// replaced the one that did) is ignored.
+    pub fn outbound_http(&mut self, id: u64, event: &crate::OutboundHttpEvent) {
+        let result = serde_json::to_value(event)
+            .map_err(JsError::from_rust)
+            .and_then(|json| JsValue::from_json(&json, &mut self.context))
+            .and_then(|ev| {
+                self.outbound_http.call(
+                    &JsValue::undefined(),
+                    &[JsValue::from(id as f64), ev],
+                    &mut self.context,
+                )
+            });
+        if let Err(e) = result {
+            self.log_failure("http request callback", &e);
+        }
+        self.run_jobs();
+    }
+
+    /// Logs that `what` failed with `error`; returns the error's description.
+    fn log_failure(&mut self, what: &str, error: &JsError) -> String {
+        let message = describe(error, Path::new(""), &mut self.context);
+        self.host.log(
+            LogLevel::Uncaught,
+            &format!("{} {what} failed: {message}", self.name),
+        );
+        message
     }
 
     /// Hands the open sessions this isolate knows to `next`, which replaces it (hot swap).
@@ -202,7 +227,7 @@ impl Isolate {
         if let Err(e) = self.context.run_jobs() {
             let message = describe(&e, Path::new(""), &mut self.context);
             self.host
-                .log(LogLevel::Error, &format!("{}: {message}", self.name));
+                .log(LogLevel::Uncaught, &format!("{}: {message}", self.name));
         }
     }
 }

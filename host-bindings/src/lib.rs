@@ -4,16 +4,22 @@
 //! host only through the [`HostApi`] trait (responses, dispatches, logs, storage), so
 //! it can be driven without a server and the server never touches a `JsValue`.
 
+mod bytes;
 mod host_api;
 mod isolate;
 mod jobs;
 mod modules;
 mod natives;
 pub mod nesting;
+mod outbound;
 mod request;
 mod ws;
 
 pub use host_api::{HostApi, LogLevel, Storage, StorageError};
 pub use isolate::{Isolate, LoadError, MimSpec};
+pub use outbound::{
+    file_area_path, FileAreaError, OutboundHttpEvent, OutboundHttpHead, OutboundHttpMode,
+    OutboundHttpRequest,
+};
 pub use request::HttpRequest;
 pub use ws::{SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};

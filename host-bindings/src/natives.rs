@@ -248,10 +248,26 @@ fn ws_query(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValu
     Ok(answer)
 }
 
+fn http_request(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let request: crate::OutboundHttpRequest = serde_json::from_str(&arg_string(args, 0, ctx)?)
+        .map_err(|e| JsNativeError::typ().with_message(format!("bad HTTP request options: {e}")))?;
+    Ok(JsValue::from(host.outbound_http(request) as f64))
+}
+
+fn delete_file(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let (host, _) = bindings(ctx)?;
+    let path = arg_string(args, 0, ctx)?;
+    crate::file_area_path(&path)
+        .map_err(|e| JsNativeError::error().with_message(format!("deleteFile: {e}")))?;
+    host.delete_file(&path);
+    Ok(JsValue::undefined())
+}
+
 /// Builds the `__host` object the prelude receives.
 pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
     type Native = fn(&JsValue, &[JsValue], &mut Context) -> JsResult<JsValue>;
-    let functions: [(&str, Native, usize); 19] = [
+    let functions: &[(&str, Native, usize)] = &[
         ("log", log, 2),
         ("now", now, 0),
         ("dispatch", dispatch, 1),
@@ -271,9 +287,13 @@ pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
         ("wsAccept", ws_accept, 3),
         ("wsOp", ws_op, 1),
         ("wsQuery", ws_query, 1),
+        ("bytesToBase64", crate::bytes::bytes_to_base64, 1),
+        ("base64ToBytes", crate::bytes::base64_to_bytes, 1),
+        ("httpRequest", http_request, 1),
+        ("deleteFile", delete_file, 1),
     ];
     let mut init = ObjectInitializer::new(ctx);
-    for (name, f, len) in functions {
+    for &(name, f, len) in functions {
         init.function(NativeFunction::from_fn_ptr(f), JsString::from(name), len);
     }
     init.build()

@@ -189,7 +189,7 @@
 
   function reportError(where, e) {
     var text = e && e.stack ? String(e) + '\n' + e.stack : String(e);
-    host.log('error', where + ' threw: ' + text);
+    host.log('uncaught', where + ' threw: ' + text);
   }
 
   // ---- context -----------------------------------------------------------------
@@ -487,12 +487,25 @@
     return ex && typeof ex.webSocketEvent === 'function' ? ex.webSocketEvent : null;
   }
   function wsOp(op) { host.wsOp(JSON.stringify(op)); }
+  function isBytes(value) { return value instanceof ArrayBuffer || value instanceof Uint8Array; }
+  // A WebSocket message for the host: bytes (ArrayBuffer/Uint8Array) go as base64 with
+  // binary: true (a binary frame), anything else as text via `toText`.
+  function wsData(value, toText) {
+    return isBytes(value) ? { text: host.bytesToBase64(value), binary: true } : { text: toText(value), binary: false };
+  }
+  // A reply's `body` as text: strings as they are, other values as JSON.
+  function bodyText(body) { return typeof body === 'string' ? body : JSON.stringify(body); }
+  // Encodes a handler's `{body, end}` return value as the `Reply` operation (or null
+  // when it asks for nothing). Shared by every place a mim replies by return.
+  function encodeWsReply(id, value) {
+    if (value === undefined || value === null || typeof value !== 'object') return null;
+    if (!('body' in value) && !('end' in value)) return null;
+    var data = value.body === undefined || value.body === null ? { text: null, binary: false } : wsData(value.body, bodyText);
+    return { Reply: { session: id, body: data.text, end: !!value.end, binary: data.binary } };
+  }
   function replyWith(id, value) {
-    if (value === undefined || value === null || typeof value !== 'object') return;
-    if (!('body' in value) && !('end' in value)) return;
-    var body = value.body === undefined || value.body === null ? null
-      : typeof value.body === 'string' ? value.body : JSON.stringify(value.body);
-    wsOp({ Reply: { session: id, body: body, end: !!value.end } });
+    var op = encodeWsReply(id, value);
+    if (op) wsOp(op);
   }
   /** Entry point: one session event. */
   function handleWs(ev) {
@@ -510,7 +523,10 @@
       type: ev.kind, session: { id: s.id, path: s.path, params: s.params, user: ANONYMOUS }, data: s.data,
       sessionId: s.id, peer: s.peer, method: s.method, query: s.params, headers: s.headers, params: s.params
     };
-    if (ev.message !== undefined && ev.message !== null) { event.message = ev.message; if (ev.binary) event.binary = true; }
+    if (ev.message !== undefined && ev.message !== null) {
+      event.message = ev.message;
+      if (ev.binary) { event.binary = true; event.bytes = host.base64ToBytes(ev.message); }
+    }
     if (ev.closeCode !== undefined && ev.closeCode !== null) event.closeReason = ev.closeCode;
     if (ev.error !== undefined && ev.error !== null) event.error = ev.error;
     var result;
@@ -528,11 +544,18 @@
     send: function (id, text) {
       id = String(id);
       if (!sessions.has(id) && !host.wsQuery(JSON.stringify({ SessionExists: id }))) return false;
-      wsOp({ Send: { session: id, text: String(text) } });
+      var data = wsData(text, String);
+      wsOp({ Send: { session: id, text: data.text, binary: data.binary } });
       return true;
     },
-    sendToGroup: function (group, text) { wsOp({ SendToGroup: { group: String(group), text: String(text) } }); },
-    sendToAll: function (text) { wsOp({ SendToAll: { text: String(text) } }); },
+    sendToGroup: function (group, text) {
+      var data = wsData(text, String);
+      wsOp({ SendToGroup: { group: String(group), text: data.text, binary: data.binary } });
+    },
+    sendToAll: function (text) {
+      var data = wsData(text, String);
+      wsOp({ SendToAll: { text: data.text, binary: data.binary } });
+    },
     addToGroup: function (group, id) { wsOp({ AddToGroup: { group: String(group), session: String(id) } }); },
     removeFromGroup: function (group, id) { wsOp({ RemoveFromGroup: { group: String(group), session: String(id) } }); },
     getGroupSize: function (group) { return host.wsQuery(JSON.stringify({ GroupSize: String(group) })); },
@@ -567,6 +590,169 @@
   /** Takes over the open sessions of the isolate this one replaces. */
   function importSessions(json) { JSON.parse(json).forEach(function (info) { sessions.set(info.id, info); }); }
 
+  // ---- outbound HTTP: context.http.request, fetch, context.ml ------------------------
+  // The host makes every request (the worker opens no socket); answers come back as
+  // events through `outboundHttp(id, event)`, run like any other job of the worker.
+  var outbound = new Map();
+  function headerObject(pairs) {
+    var out = {};
+    for (var i = 0; i < pairs.length; i++) out[pairs[i][0]] = pairs[i][1];
+    return out;
+  }
+  function hasHeader(pairs, name) {
+    for (var i = 0; i < pairs.length; i++) if (String(pairs[i][0]).toLowerCase() === name) return true;
+    return false;
+  }
+  function startRequest(spec, handlers) {
+    var id = host.httpRequest(JSON.stringify(spec));
+    outbound.set(id, handlers);
+    return id;
+  }
+  function callback(where, fn, value) {
+    if (typeof fn !== 'function') return;
+    try { fn(value); } catch (e) { reportError(where, e); }
+  }
+  function optionalMs(v) {
+    if (v === undefined || v === null) return null;
+    var n = Number(v);
+    return isFinite(n) && n >= 0 ? Math.floor(n) : null;
+  }
+  /** `context.http.request(options)`, as mimik's edge engine offers it. */
+  function httpRequest(options) {
+    var o = options || {};
+    var headers = [];
+    if (o.headers && typeof o.headers === 'object') {
+      Object.keys(o.headers).forEach(function (k) {
+        var v = o.headers[k];
+        if (v !== undefined && v !== null) headers.push([k, String(v)]);
+      });
+    }
+    if (o.authorization !== undefined && o.authorization !== null) headers.push(['Authorization', String(o.authorization)]);
+    var body = null;
+    if (o.data !== undefined && o.data !== null) {
+      if (typeof o.data === 'string') body = o.data;
+      else {
+        body = JSON.stringify(o.data);
+        if (!hasHeader(headers, 'content-type')) headers.push(['Content-Type', 'application/json']);
+      }
+    }
+    var mode = o.mode === 'stream' || o.mode === 'proxy' ? o.mode : 'default';
+    startRequest({
+      url: String(o.url), method: String(o.type || 'GET').toUpperCase(), headers: headers, body: body,
+      mode: mode, outputFile: o.outputFile === undefined || o.outputFile === null ? null : String(o.outputFile),
+      connectTimeoutMs: optionalMs(o.connectionTimeout), socketTimeoutMs: optionalMs(o.socketTimeout),
+      errorStatus: true
+    }, { kind: 'request', success: o.success, error: o.error });
+  }
+  function requestEvent(h, ev) {
+    if (ev.Response) {
+      var r = ev.Response;
+      callback('http success callback', h.success, { data: r.data, status: r.head.status, headers: headerObject(r.head.headers) });
+    } else if (ev.File) {
+      var f = ev.File;
+      callback('http success callback', h.success, { status: f.head.status, headers: headerObject(f.head.headers), outputFile: f.path, size: f.size });
+    } else if (ev.Chunk) {
+      var c = ev.Chunk, v = { done: false, data: c.data };
+      if (c.head) { v.status = c.head.status; v.headers = headerObject(c.head.headers); }
+      callback('http success callback', h.success, v);
+    } else if (ev === 'End') {
+      callback('http success callback', h.success, { done: true });
+    } else if (ev.Failed) {
+      var e = { message: ev.Failed.message };
+      if (ev.Failed.answer) {
+        e.status = ev.Failed.answer[0].status; e.content = ev.Failed.answer[1];
+        e.headers = headerObject(ev.Failed.answer[0].headers);
+      }
+      callback('http error callback', h.error, e);
+    }
+  }
+  /** Entry point: what came back for outbound request `id`. */
+  function outboundHttp(id, ev) {
+    var h = outbound.get(id);
+    if (!h) return;
+    var last = ev === 'End' || !!ev.Failed || !!ev.Response || !!ev.File;
+    if (last) outbound.delete(id);
+    if (h.kind === 'fetch') h.settle(ev); else requestEvent(h, ev);
+    flushDispatches();
+  }
+
+  /** The `Response` a `fetch` resolves to. */
+  function FetchResponse(r) {
+    var pairs = r.head.headers, body = r.data;
+    this.status = r.head.status;
+    this.statusText = r.head.statusText;
+    this.ok = this.status >= 200 && this.status < 300;
+    this.url = r.head.url;
+    this.redirected = false;
+    this.bodyUsed = false;
+    this.headers = {
+      get: function (name) {
+        var n = String(name).toLowerCase();
+        for (var i = 0; i < pairs.length; i++) if (pairs[i][0] === n) return pairs[i][1];
+        return null;
+      },
+      has: function (name) { return this.get(name) !== null; },
+      forEach: function (fn) { pairs.forEach(function (p) { fn(p[1], p[0]); }); },
+      entries: function () { return pairs.map(function (p) { return [p[0], p[1]]; })[Symbol.iterator](); }
+    };
+    this._body = body;
+  }
+  FetchResponse.prototype.text = function () { this.bodyUsed = true; return Promise.resolve(this._body); };
+  FetchResponse.prototype.json = function () {
+    this.bodyUsed = true;
+    var body = this._body;
+    return new Promise(function (resolve) { resolve(JSON.parse(body)); });
+  };
+  FetchResponse.prototype.arrayBuffer = function () { this.bodyUsed = true; return Promise.resolve(utf8.encode(this._body).buffer); };
+  function fetchHeaders(init) {
+    var out = [];
+    if (!init) return out;
+    if (typeof init.forEach === 'function' && !Array.isArray(init)) init.forEach(function (v, k) { out.push([String(k), String(v)]); });
+    else if (Array.isArray(init)) init.forEach(function (p) { out.push([String(p[0]), String(p[1])]); });
+    else Object.keys(init).forEach(function (k) { if (init[k] !== undefined && init[k] !== null) out.push([k, String(init[k])]); });
+    return out;
+  }
+  /** `fetch(url, init)` as in browsers: resolves for any answer, rejects when none. */
+  G.fetch = function fetch(input, init) {
+    var i = init || {};
+    var url = input && typeof input === 'object' && input.url !== undefined ? input.url : input;
+    var headers = fetchHeaders(i.headers);
+    var body = null;
+    if (i.body !== undefined && i.body !== null) {
+      if (typeof i.body === 'string') body = i.body;
+      else if (i.body instanceof Uint8Array) body = utf8.decode(i.body);
+      else if (G.URLSearchParams && i.body instanceof G.URLSearchParams) {
+        body = i.body.toString();
+        if (!hasHeader(headers, 'content-type')) headers.push(['Content-Type', 'application/x-www-form-urlencoded;charset=UTF-8']);
+      } else body = String(i.body);
+    }
+    return new Promise(function (resolve, reject) {
+      startRequest({
+        url: String(url), method: String(i.method || 'GET').toUpperCase(), headers: headers, body: body,
+        mode: i.redirect === 'manual' ? 'proxy' : 'default', outputFile: null,
+        connectTimeoutMs: null, socketTimeoutMs: null, errorStatus: false
+      }, {
+        kind: 'fetch',
+        settle: function (ev) {
+          if (ev.Response) resolve(new FetchResponse(ev.Response));
+          else reject(new TypeError('fetch failed: ' + (ev.Failed ? ev.Failed.message : 'no answer')));
+        }
+      });
+    });
+  };
+
+  context.http = { request: httpRequest };
+  context.storage.deleteFile = function (path) { host.deleteFile(String(path)); };
+  function mlNotOffered(name) {
+    return function (opts) {
+      var message = 'context.ml.' + name + ': local models are not offered by this host ' +
+        '(call a model server with context.http.request or fetch instead)';
+      if (opts && typeof opts.error === 'function') G.setTimeout(function () { opts.error({ message: message }); }, 0);
+      else throw new Error(message);
+    };
+  }
+  context.ml = { chatCompletions: mlNotOffered('chatCompletions'), embeddings: mlNotOffered('embeddings') };
+
   G.__mimhost = {
     hasWsHandler: function () { return !!wsHandler(); },
     exportSessions: exportSessions,
@@ -576,6 +762,7 @@
     runTimers: runTimers,
     makeRequire: makeRequire,
     builtins: builtins,
-    flushDispatches: flushDispatches
+    flushDispatches: flushDispatches,
+    outboundHttp: outboundHttp
   };
 });

@@ -52,29 +52,42 @@ pub enum WsOp {
     Reply {
         /// Target session.
         session: String,
-        /// Text to send (may be empty when only closing).
+        /// Text to send (may be empty when only closing); base64 when `binary`.
         body: Option<String>,
         /// Close the session with 1000 afterwards.
         end: bool,
+        /// `body` is base64 of bytes the mim gave (`ArrayBuffer`/`Uint8Array`): send
+        /// a binary frame.
+        #[serde(default)]
+        binary: bool,
     },
     /// `send(id, text)`.
     Send {
         /// Target session.
         session: String,
-        /// Text.
+        /// Text; base64 when `binary`.
         text: String,
+        /// Send `text` decoded as a binary frame.
+        #[serde(default)]
+        binary: bool,
     },
     /// `sendToGroup(group, text)`.
     SendToGroup {
         /// Group name.
         group: String,
-        /// Text.
+        /// Text; base64 when `binary`.
         text: String,
+        /// Send `text` decoded as a binary frame.
+        #[serde(default)]
+        binary: bool,
     },
     /// `sendToAll(text)`: every session of the container.
     SendToAll {
-        /// Text.
+        /// Text; base64 when `binary`.
         text: String,
+        /// Send `text` decoded as a binary frame.
+        #[serde(default)]
+        binary: bool,
     },
     /// `addToGroup(group, id)`.
     AddToGroup {

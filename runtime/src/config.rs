@@ -31,6 +31,8 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Largest image upload to the MCM API, in bytes.
     pub max_image: usize,
+    /// Largest WebSocket message a client may send, in bytes (bigger: close 1009).
+    pub max_message: usize,
 }
 
 impl Default for Config {
@@ -48,6 +50,7 @@ impl Default for Config {
             max_body: 10 * 1024 * 1024,
             ping_interval: Duration::from_secs(30),
             max_image: 64 * 1024 * 1024,
+            max_message: 1024 * 1024,
         }
     }
 }

@@ -78,6 +78,10 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     let limits = WorkerLimits {
         handler_timeout: config.handler_timeout,
         memory_bytes: config.mim_memory,
+        outbound: Arc::new(crate::outbound::OutboundHttp::new(
+            &config.data,
+            config.max_body,
+        )),
     };
     let hub = Arc::new(Hub::new(&node.node_id, Arc::new(LocalBackplane)));
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));

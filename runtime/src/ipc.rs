@@ -4,7 +4,9 @@
 //! Writers batch many frames into one `write`; readers parse every complete frame
 //! out of what one `read` returned.
 
-use mimhost_bindings::{HttpRequest, MimSpec, WsAnswer, WsEvent, WsOp, WsQuery};
+use mimhost_bindings::{
+    HttpRequest, MimSpec, OutboundHttpEvent, OutboundHttpRequest, WsAnswer, WsEvent, WsOp, WsQuery,
+};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -44,6 +46,13 @@ pub enum ToWorker {
     },
     /// Flush the store and exit.
     Shutdown,
+    /// What came back for the worker's outbound HTTP request `id`.
+    OutboundHttp {
+        /// The id the worker gave the request.
+        id: u64,
+        /// The answer, a chunk of it, or the failure.
+        event: OutboundHttpEvent,
+    },
 }
 
 /// Worker -> host.
@@ -118,12 +127,28 @@ pub enum FromWorker {
     },
     /// A log line of the mim.
     Log {
-        /// 0 debug, 1 info, 2 warn, 3 error.
+        /// 0 debug, 1 info, 2 warn, 3 error, [`LOG_UNCAUGHT`] an uncaught error.
         level: u8,
         /// The line.
         message: String,
     },
+    /// Make an outbound HTTP request; what comes back is [`ToWorker::OutboundHttp`].
+    OutboundHttpRequest {
+        /// Id, unique in this worker process.
+        id: u64,
+        /// The request.
+        request: OutboundHttpRequest,
+    },
+    /// Remove a file of the container's file area (`context.storage.deleteFile`).
+    OutboundHttpDeleteFile {
+        /// Path inside the file area, already checked by the worker.
+        path: String,
+    },
 }
+
+/// [`FromWorker::Log`] level of an error the mim's code did not catch (logged as an
+/// error, tagged `uncaught` in the container's log).
+pub const LOG_UNCAUGHT: u8 = 4;
 
 /// A frame that could not be decoded.
 #[derive(Debug, thiserror::Error)]

@@ -2,13 +2,16 @@
 //! per container, each running the container's JavaScript in Boa.
 
 pub mod config;
+pub mod console;
 pub mod host;
 pub mod http;
 pub mod hub;
 pub mod ipc;
+pub mod logs;
 pub mod mcm;
 pub mod metrics;
 pub mod mims_dir;
+pub mod outbound;
 pub mod registry;
 pub mod store;
 pub mod supervisor;

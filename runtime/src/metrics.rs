@@ -5,9 +5,10 @@
 //! in the matching `render_*` function.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the handler latency histogram buckets.
@@ -26,6 +27,24 @@ pub struct ContainerMetrics {
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     /// Sum of handler latencies, in microseconds.
     pub latency_micros_sum: AtomicU64,
+    /// The last [`RECENT_SAMPLES`] requests (for the console's latency chart).
+    recent: Mutex<VecDeque<Sample>>,
+}
+
+/// Requests remembered per container for [`Metrics::recent`].
+pub const RECENT_SAMPLES: usize = 300;
+
+/// One answered request, as the console charts it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sample {
+    /// When it was answered, in milliseconds since the Unix epoch.
+    pub at: u64,
+    /// `METHOD /path` below the base path (query left out, at most 120 bytes).
+    pub route: String,
+    /// The status sent.
+    pub status: u16,
+    /// Handler latency in milliseconds.
+    pub ms: f64,
 }
 
 /// Every counter of this host.
@@ -71,6 +90,36 @@ impl Metrics {
         }
         m.latency_micros_sum
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Remembers one request of `container` for the latency chart (bounded).
+    pub fn record_sample(&self, container: &str, route: &str, status: u16, elapsed: Duration) {
+        let m = self.container(container);
+        let mut end = route.len().min(120);
+        while !route.is_char_boundary(end) {
+            end -= 1;
+        }
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let sample = Sample {
+            at,
+            route: route[..end].to_string(),
+            status,
+            ms: elapsed.as_secs_f64() * 1000.0,
+        };
+        let mut recent = m.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_SAMPLES {
+            recent.pop_front();
+        }
+        recent.push_back(sample);
+    }
+
+    /// The last requests of `container`, oldest first.
+    pub fn recent(&self, container: &str) -> Vec<Sample> {
+        let m = self.container(container);
+        let recent = m.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().cloned().collect()
     }
 
     /// Prometheus text exposition of every counter; `containers` is how many run now.
@@ -182,5 +231,22 @@ mod tests {
             text.contains("mimhost_http_handler_seconds_bucket{container=\"a\",le=\"0.005\"} 1")
         );
         assert!(text.contains("mimhost_http_handler_seconds_count{container=\"a\"} 2"));
+    }
+
+    #[test]
+    fn keeps_a_bounded_list_of_recent_requests() {
+        let m = Metrics::new();
+        for _ in 0..RECENT_SAMPLES + 3 {
+            m.record_sample(
+                "a",
+                &format!("GET /{}", "é".repeat(100)),
+                200,
+                Duration::from_millis(2),
+            );
+        }
+        let recent = m.recent("a");
+        assert_eq!(recent.len(), RECENT_SAMPLES);
+        assert!(recent[0].route.len() <= 120);
+        assert!(m.recent("b").is_empty());
     }
 }

@@ -118,6 +118,8 @@ pub struct Host {
     args: Vec<String>,
     client: reqwest::Client,
     _data: TempDir,
+    /// Extra environment variables of the host process (kept for restarts).
+    env: Vec<(String, String)>,
 }
 
 impl Host {
@@ -130,14 +132,22 @@ impl Host {
     /// `&["--max-body", "1024"]` or `&["--no-watch"]`; a flag given here
     /// replaces the default value of the same flag.
     pub async fn start_with(mims: &Path, extra: &[&str]) -> Host {
+        Self::start_with_env(mims, extra, &[]).await
+    }
+
+    /// Like [`Host::start_with`], with extra environment variables for the host
+    /// process (e.g. `SSL_CERT_FILE`).
+    pub async fn start_with_env(mims: &Path, extra: &[&str], env: &[(&str, &str)]) -> Host {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let data = TempDir::new().expect("create temp dir for --data");
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--mims".into(),
-            mims.display().to_string(),
-            "--data".into(),
-            data.path().display().to_string(),
-        ];
+        let mut args: Vec<String> = vec!["serve".into(), "--mims".into(), mims.display().to_string()];
+        // A test may bring its own `--data` (a small tmpfs, say).
+        if !extra.contains(&"--data") {
+            args.extend(["--data".into(), data.path().display().to_string()]);
+        }
         for (flag, value) in DEFAULT_FLAGS {
             if !extra.contains(&flag) {
                 args.extend([flag.to_string(), value.to_string()]);
@@ -150,10 +160,11 @@ impl Host {
             .build()
             .expect("build HTTP client");
         Host {
-            process: HostProcess::spawn(&args).await,
+            process: HostProcess::spawn(&args, &env).await,
             args,
             client,
             _data: data,
+            env,
         }
     }
 
@@ -171,6 +182,11 @@ impl Host {
     pub fn port(&self) -> u16 {
         let port = self.addr().rsplit(':').next().expect("host:port");
         port.parse().expect("numeric port")
+    }
+
+    /// The host's `--data` folder.
+    pub fn data_dir(&self) -> &Path {
+        self._data.path()
     }
 
     /// The host process id.
@@ -243,7 +259,7 @@ impl Host {
     /// and `--data` (on a new port; stderr starts empty).
     pub async fn restart(&mut self) {
         self.kill9();
-        self.process = HostProcess::spawn(&self.args).await;
+        self.process = HostProcess::spawn(&self.args, &self.env).await;
     }
 }
 
@@ -258,7 +274,7 @@ struct HostProcess {
 impl HostProcess {
     /// Spawns `mimhost <args>` in its own process group and waits for its
     /// `listening on http://...` line on stdout.
-    async fn spawn(args: &[String]) -> HostProcess {
+    async fn spawn(args: &[String], env: &[(String, String)]) -> HostProcess {
         use std::os::unix::process::CommandExt;
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_mimhost"));
@@ -274,6 +290,7 @@ impl HostProcess {
                 command.env_remove(key);
             }
         }
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn().expect("spawn mimhost");
         let stderr = Arc::new(Mutex::new(String::new()));
         collect_lines(child.stderr.take().expect("piped stderr"), stderr.clone());

@@ -73,6 +73,10 @@ impl HostApi for NullHost {
     fn storage(&self) -> &dyn Storage {
         &self.store
     }
+    fn outbound_http(&self, _: mimhost_bindings::OutboundHttpRequest) -> u64 {
+        0
+    }
+    fn delete_file(&self, _: &str) {}
 }
 
 /// Worker events with nowhere to go.
@@ -173,6 +177,10 @@ fn main() {
         let limits = WorkerLimits {
             handler_timeout: Duration::from_secs(30),
             memory_bytes: 512 << 20,
+            outbound: Arc::new(mimhost_runtime::outbound::OutboundHttp::new(
+                &store,
+                10 << 20,
+            )),
         };
         let sup = Supervisor::start(spec.clone(), store.clone(), limits, Arc::new(NullEvents))
             .await

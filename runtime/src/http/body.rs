@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::Response;
 
 /// The body type of every response of the server.
@@ -13,6 +14,14 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// A body streamed from a channel: each item is sent as it arrives, and the body
+/// ends when every sender is gone.
+pub fn streamed(rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>) -> Body {
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) });
+    StreamBody::new(stream).boxed()
 }
 
 /// A JSON response.

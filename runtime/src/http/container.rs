@@ -6,7 +6,7 @@ use crate::host::HostState;
 use crate::registry::Container;
 use crate::supervisor::{HttpPart, Invocation};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use mimhost_bindings::HttpRequest;
@@ -23,9 +23,34 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
+<<<<<<< HEAD
     let request = match read_request(
         req,
         state.config.max_body,
+=======
+    let limit = state.config.max_body;
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return json_error(413, &format!("request body is over the {limit}-byte limit"));
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return json_error(413, &format!("request body is over the {limit}-byte limit"))
+        }
+        Err(e) => return json_error(400, &format!("could not read the request body: {e}")),
+    };
+    let route = format!("{} {rest}", parts.method);
+    let request = request_data(
+        &parts.method,
+        &parts.uri,
+        &parts.headers,
+>>>>>>> main
         rest,
         peer,
         state.local_port,
@@ -41,9 +66,11 @@ pub async fn handle(
         Ok(invocation) => answer(container.clone(), invocation, deadline).await,
         Err(e) => json_error(503, &e.to_string()),
     };
+    let (status, elapsed) = (resp.status().as_u16(), started.elapsed());
+    state.metrics.record_http(&container.name, status, elapsed);
     state
         .metrics
-        .record_http(&container.name, resp.status().as_u16(), started.elapsed());
+        .record_sample(&container.name, &route, status, elapsed);
     resp
 }
 
@@ -222,8 +249,7 @@ async fn answer(
         HttpPart::Start { status, headers } => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
             tokio::spawn(stream_chunks(container, invocation, deadline, tx));
-            let stream = tokio_stream_from(rx);
-            respond(status, &headers, BodyExt::boxed(StreamBody::new(stream)))
+            respond(status, &headers, super::body::streamed(rx))
         }
         HttpPart::Chunk(_) | HttpPart::End | HttpPart::Accept { .. } => {
             json_error(500, "the worker answered out of order")
@@ -265,10 +291,6 @@ async fn stream_chunks(
 }
 
 /// A stream over an mpsc receiver.
-fn tokio_stream_from<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
-}
-
 /// Lets the supervisor deal with an overrun invocation without delaying the answer.
 fn overran(container: &Arc<Container>, invocation: &Invocation) {
     let supervisor = container.supervisor.clone();

@@ -1,10 +1,17 @@
-//! The one HTTP server: `/healthz`, and every container path by longest base path.
+//! The one HTTP server: `/healthz`, the MCM API, `/metrics`, the web console (`/` and
+//! `/_/…`), and every container path by longest base path.
 
 mod body;
 mod container;
+mod shed;
 
+<<<<<<< HEAD
 pub use body::{full, json, json_error, Body};
 pub use container::{client_address, header_map, parse_query, read_request, request_data};
+=======
+pub use body::{full, json, json_error, streamed, Body};
+pub use container::{client_address, header_map, parse_query, request_data};
+>>>>>>> main
 
 use crate::host::HostState;
 use hyper::body::Incoming;
@@ -28,19 +35,24 @@ pub async fn serve(
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     let mut last_accept_warning = None;
+    let mut spare = shed::Spare::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Out of file descriptors, typically: say so now and then, not
-                        // on every retry.
+                        // Out of file descriptors, typically: refuse the waiting client
+                        // with 503 rather than leave it hanging, and say so now and
+                        // then, not on every retry.
+                        let refused = spare.refuse_one(&listener, &e);
                         if last_accept_warning.is_none_or(|at: tokio::time::Instant| at.elapsed() > Duration::from_secs(5)) {
                             tracing::warn!("accept failed: {e} (at the open-file limit? see ulimit -n)");
                             last_accept_warning = Some(tokio::time::Instant::now());
                         }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if !refused {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                         continue;
                     }
                 };
@@ -96,6 +108,12 @@ async fn handle(
     }
     if crate::ws::is_upgrade(&req) {
         return Ok(crate::ws::upgrade(&state, req, peer).await);
+    }
+    // The console owns /_/…, and / unless a mim serves at base path / (then the
+    // console is still at /_/).
+    let root_mim = path == "/" && state.registry.route("/").is_some();
+    if crate::console::owns(&path) || (path == "/" && !root_mim) {
+        return Ok(crate::console::serve(req.method(), &path));
     }
     match state.registry.route(&path) {
         Some((container, rest)) => Ok(container::handle(&state, &container, rest, req, peer).await),

@@ -13,12 +13,28 @@ mod session;
 pub use session::{Outgoing, SessionHandle, SessionKind};
 
 use crate::supervisor::WorkerEvents;
-use crate::ws::codec::{close, text_frame};
+use crate::ws::codec::{binary_frame, close, text_frame};
+use base64::Engine;
 use bytes::Bytes;
 use mimhost_bindings::{SessionInfo, WsAnswer, WsOp, WsQuery};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+/// The frame a mim's message becomes: text, or (`binary`) the bytes its base64 holds.
+/// None, logged, when the base64 is broken (only a broken worker sends that).
+fn data_frame(container: &str, text: &str, binary: bool) -> Option<Bytes> {
+    if !binary {
+        return Some(text_frame(text));
+    }
+    match base64::engine::general_purpose::STANDARD.decode(text) {
+        Ok(bytes) => Some(binary_frame(&bytes)),
+        Err(e) => {
+            tracing::warn!(container, "binary message with broken base64 dropped: {e}");
+            None
+        }
+    }
+}
 
 /// A metric family: name, kind, help, and how to read it off a container's counters.
 type Family = (
@@ -82,6 +98,9 @@ pub struct Hub {
     started: u64,
     counter: AtomicU64,
     stats: RwLock<HashMap<String, Arc<HubStats>>>,
+    /// Each container's recent log lines: workers report through the hub (it is
+    /// their [`WorkerEvents`]), the MCM API and the console read them here.
+    pub logs: Arc<crate::logs::LogBook>,
 }
 
 impl Hub {
@@ -97,6 +116,7 @@ impl Hub {
             started,
             counter: AtomicU64::new(0),
             stats: RwLock::default(),
+            logs: Arc::default(),
         }
     }
 
@@ -297,23 +317,41 @@ impl Hub {
     /// Applies one WebSocket operation of `container`'s code.
     pub fn apply(&self, container: &str, op: WsOp) {
         match op {
-            WsOp::Reply { session, body, end } => {
+            WsOp::Reply {
+                session,
+                body,
+                end,
+                binary,
+            } => {
                 if let Some(s) = self.session_of(container, &session) {
-                    if let Some(body) = body {
-                        self.deliver(&s, &text_frame(&body));
+                    if let Some(frame) = body.and_then(|b| data_frame(container, &b, binary)) {
+                        self.deliver(&s, &frame);
                     }
                     if end {
                         s.close(close::NORMAL, "");
                     }
                 }
             }
-            WsOp::Send { session, text } => {
+            WsOp::Send {
+                session,
+                text,
+                binary,
+            } => {
+                let Some(frame) = data_frame(container, &text, binary) else {
+                    return;
+                };
                 if let Some(s) = self.session_of(container, &session) {
-                    self.deliver(&s, &text_frame(&text));
+                    self.deliver(&s, &frame);
                 }
             }
-            WsOp::SendToGroup { group, text } => {
-                let frame = text_frame(&text);
+            WsOp::SendToGroup {
+                group,
+                text,
+                binary,
+            } => {
+                let Some(frame) = data_frame(container, &text, binary) else {
+                    return;
+                };
                 let st = self.read();
                 let members = st.groups.get(&(container.to_string(), group));
                 for id in members.into_iter().flatten() {
@@ -322,8 +360,10 @@ impl Hub {
                     }
                 }
             }
-            WsOp::SendToAll { text } => {
-                let frame = text_frame(&text);
+            WsOp::SendToAll { text, binary } => {
+                let Some(frame) = data_frame(container, &text, binary) else {
+                    return;
+                };
                 let st = self.read();
                 for s in st
                     .by_container
@@ -505,6 +545,45 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// The open sessions of `container` as the MCM API lists them, oldest id first.
+    pub fn session_views(&self, container: &str) -> Vec<serde_json::Value> {
+        let mut sessions: Vec<Arc<SessionHandle>> = self
+            .read()
+            .by_container
+            .get(container)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        sessions.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        sessions
+            .iter()
+            .map(|s| {
+                let kind = match s.kind {
+                    SessionKind::Dispatch => "dispatch",
+                    SessionKind::Controller => "controller",
+                };
+                let mut groups = s.groups();
+                groups.sort();
+                serde_json::json!({
+                    "id": s.info.id,
+                    "peer": s.info.peer,
+                    "path": s.info.path,
+                    "kind": kind,
+                    "groups": groups,
+                    "clientId": s.bound_client_id().unwrap_or_else(|| s.info.id.clone()),
+                    "queuedFrames": s.queued_frames(),
+                })
+            })
+            .collect()
+    }
+
+    /// How many sessions `container` has open.
+    pub fn open_sessions(&self, container: &str) -> usize {
+        self.read()
+            .by_container
+            .get(container)
+            .map_or(0, |m| m.len())
+    }
+
     /// Closes every session of `container` with `code` (container deleted: 1001).
     pub fn close_container(&self, container: &str, code: u16, reason: &str) {
         for s in self
@@ -550,5 +629,20 @@ impl WorkerEvents for Hub {
 
     fn on_stopped(&self, container: &str) {
         self.close_container(container, close::GOING_AWAY, "container stopped");
+        use crate::logs::{Level, Source};
+        self.logs
+            .push(container, Level::Info, Source::Host, "stopped", None);
+        self.logs.close(container);
+    }
+
+    fn on_log(
+        &self,
+        container: &str,
+        level: crate::logs::Level,
+        source: crate::logs::Source,
+        message: &str,
+        cause: Option<crate::logs::Cause>,
+    ) {
+        self.logs.push(container, level, source, message, cause);
     }
 }

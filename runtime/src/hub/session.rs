@@ -146,6 +146,16 @@ impl SessionHandle {
         Self::lock(&self.groups).retain(|x| x != group);
     }
 
+    /// The groups joined (for the MCM API's session list).
+    pub fn groups(&self) -> Vec<String> {
+        Self::lock(&self.groups).clone()
+    }
+
+    /// Frames (and a close, if asked) waiting to be written to the peer.
+    pub fn queued_frames(&self) -> usize {
+        self.queue.len()
+    }
+
     /// The groups joined, emptied.
     pub fn take_groups(&self) -> Vec<String> {
         std::mem::take(&mut *Self::lock(&self.groups))
@@ -192,6 +202,11 @@ impl SendQueue {
         }
         self.ready.notify_one();
         true
+    }
+
+    /// How many items wait.
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 
     /// Takes the oldest item; an emptied queue gives its memory back.

@@ -103,7 +103,7 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// First path segments the host keeps for itself.
-const RESERVED: [&str; 5] = ["mcm", "ws", "websockets", "healthz", "metrics"];
+const RESERVED: [&str; 6] = ["mcm", "ws", "websockets", "healthz", "metrics", "_"];
 
 /// Checks a normalised base path; the error says what is wrong with it.
 pub fn check_base_path(base: &str) -> Result<(), String> {

@@ -5,9 +5,10 @@ mod auth;
 mod containers;
 mod images;
 pub mod multipart;
+mod observe;
 mod persist;
 pub mod tar_image;
-mod time;
+pub(crate) mod time;
 
 use crate::config::Config;
 use crate::host::HostState;
@@ -168,12 +169,21 @@ pub async fn handle(state: &HostState, req: Request<Incoming>) -> Response<Body>
             Ok(purge) => containers::delete(mcm, id, purge).await,
             Err(e) => Err(e),
         },
+        (&Method::GET, ["containers", id, "logs"]) => {
+            return observe::logs(state, id, req.uri().query())
+        }
+        (&Method::GET, ["containers", id, "sessions"]) => observe::sessions(state, id),
+        (&Method::GET, ["containers", id, "stats"]) => observe::one(state, id),
+        (&Method::GET, ["stats"]) => Ok(observe::all(state)),
+        (_, ["containers", _, "logs" | "sessions" | "stats"] | ["stats"]) => {
+            Err(not_allowed("GET"))
+        }
         (_, ["images"]) => Err(not_allowed("GET, POST")),
         (_, ["containers"]) => Err(not_allowed("GET, POST")),
         (_, ["images", _]) => Err(not_allowed("GET, DELETE")),
         (_, ["containers", _]) => Err(not_allowed("GET, PUT, DELETE")),
         _ => Err(ApiError::not_found(format!(
-            "no MCM call at {method} /mcm/v1{path}; the calls are /images and /containers"
+            "no MCM call at {method} /mcm/v1{path}; the calls are /images, /containers and /stats"
         ))),
     };
     match result {

@@ -11,6 +11,16 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
+/// Now, as `2024-05-01T12:34:56.789Z` (log lines need sub-second order).
+pub fn now_rfc3339_millis() -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let secs = rfc3339(millis / 1000);
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), millis % 1000)
+}
+
 /// `secs` since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;

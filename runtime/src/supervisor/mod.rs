@@ -8,8 +8,12 @@
 mod spawn;
 
 use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
+use crate::outbound::OutboundHttp;
+use crate::logs;
 use bytes::Bytes;
-use mimhost_bindings::{HttpRequest, MimSpec, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};
+use mimhost_bindings::{
+    HttpRequest, MimSpec, OutboundHttpRequest, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +36,9 @@ pub struct WorkerLimits {
     pub handler_timeout: Duration,
     /// Resident memory a worker may reach before it is stopped.
     pub memory_bytes: u64,
+    /// The host's outbound HTTP (`context.http.request`, `fetch`): its client,
+    /// `--max-body` and the file area, shared by every worker.
+    pub outbound: Arc<OutboundHttp>,
 }
 
 /// Where a worker's output goes besides HTTP answers: the hub, in practice.
@@ -46,6 +53,17 @@ pub trait WorkerEvents: Send + Sync + 'static {
     fn sessions_of(&self, container: &str) -> Vec<SessionInfo>;
     /// The container stopped for good: its sessions close 1001.
     fn on_stopped(&self, container: &str);
+    /// A line for the container's log: what its code wrote or threw, a worker
+    /// restart and why, a hot swap. Ignored unless the receiver keeps logs.
+    fn on_log(
+        &self,
+        _container: &str,
+        _level: logs::Level,
+        _source: logs::Source,
+        _message: &str,
+        _cause: Option<logs::Cause>,
+    ) {
+    }
 }
 
 /// One piece of an HTTP answer coming back from a worker.
@@ -119,6 +137,11 @@ struct Live {
     ws_inflight: Mutex<std::collections::VecDeque<(u64, Instant, WsEvent)>>,
     /// Set when the host retired this worker on purpose and wants a replacement.
     replace: AtomicBool,
+    /// Its outbound HTTP requests in flight, by id: aborted when it goes, so no
+    /// answer reaches a later worker.
+    outbound: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    /// Set when it was retired for running past the handler timeout.
+    timed_out: AtomicBool,
 }
 
 /// Supervises the worker process of one container.
@@ -139,6 +162,10 @@ pub struct Supervisor {
     dropped: Mutex<Vec<String>>,
     /// Whether the code exports `webSocketEvent`; session events are sent only then.
     ws_handler: AtomicBool,
+    /// Outbound HTTP requests of the container in flight (at most 64; more wait).
+    outbound_slots: Arc<tokio::sync::Semaphore>,
+    /// Workers replaced after dying or being killed (for the console and the API).
+    restarts: AtomicU64,
 }
 
 impl Supervisor {
@@ -164,10 +191,29 @@ impl Supervisor {
             waiting: Mutex::new(Vec::new()),
             dropped: Mutex::new(Vec::new()),
             ws_handler: AtomicBool::new(false),
+            outbound_slots: Arc::new(OutboundHttp::container_slots()),
+            restarts: AtomicU64::new(0),
         });
         sup.spawn_worker().await?;
+        sup.host_log(logs::Level::Info, "started", None);
         tokio::spawn(sup.clone().watch_events());
         Ok(sup)
+    }
+
+    /// Writes a host line (start, restart, hot swap) to the container's log.
+    fn host_log(&self, level: logs::Level, message: &str, cause: Option<logs::Cause>) {
+        let source = if cause.is_some() {
+            logs::Source::Restart
+        } else {
+            logs::Source::Host
+        };
+        self.events
+            .on_log(&self.name, level, source, message, cause);
+    }
+
+    /// How many times the worker was restarted since the container started.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 
     /// The container name.
@@ -208,6 +254,8 @@ impl Supervisor {
             kill_reason: Mutex::new(None),
             ws_inflight: Mutex::new(std::collections::VecDeque::new()),
             replace: AtomicBool::new(false),
+            outbound: Mutex::new(HashMap::new()),
+            timed_out: AtomicBool::new(false),
         });
         tokio::spawn(write_frames(write, rx));
         tokio::spawn(self.clone().read_frames(read, live.clone(), child));
@@ -284,6 +332,19 @@ impl Supervisor {
         let _ = live.to_worker.send(ToWorker::Ws { seq, event });
     }
 
+    /// Whether events of `session` still wait for or run in the worker: a closing
+    /// session waits for them so the replies to what it received go out first.
+    pub fn ws_busy(&self, session: &str) -> bool {
+        if lock(&self.waiting).iter().any(|e| e.session == session) {
+            return true;
+        }
+        self.current().is_some_and(|live| {
+            lock(&live.ws_inflight)
+                .iter()
+                .any(|(_, _, e)| e.session == session)
+        })
+    }
+
     /// Delivers a session event to `webSocketEvent`, in order per session; events
     /// that arrive during a restart wait for the new worker.
     pub fn ws_event(&self, event: WsEvent) {
@@ -333,6 +394,13 @@ impl Supervisor {
             }
         }
         let status = child.wait().await;
+        let cause = if live.timed_out.load(Ordering::Relaxed) {
+            logs::Cause::Timeout
+        } else if matches!(&status, Ok(s) if s.code() == Some(crate::worker::EXIT_MEMORY)) {
+            logs::Cause::Memory
+        } else {
+            logs::Cause::Crash
+        };
         let reason = lock(&live.kill_reason)
             .clone()
             .unwrap_or_else(|| match status {
@@ -345,11 +413,11 @@ impl Supervisor {
                 Ok(s) => format!("it exited ({s})"),
                 Err(e) => format!("it could not be waited for ({e})"),
             });
-        self.worker_gone(&live, &reason).await;
+        self.worker_gone(&live, &reason, cause).await;
     }
 
     /// Hands one frame from the worker to whoever waits for it.
-    fn route(&self, live: &Live, message: FromWorker) {
+    fn route(&self, live: &Arc<Live>, message: FromWorker) {
         let part = match message {
             FromWorker::Loaded { error, ws_handler } => {
                 let had = self.ws_handler.swap(ws_handler, Ordering::Relaxed);
@@ -387,7 +455,25 @@ impl Supervisor {
                 return;
             }
             FromWorker::Dispatch { frames } => return self.events.on_dispatch(&self.name, frames),
-            FromWorker::Log { level, message } => return log_line(&self.name, level, &message),
+            FromWorker::Log { level, message } => {
+                log_line(&self.name, level, &message);
+                let (level, source) = match level {
+                    0 => (logs::Level::Debug, logs::Source::Console),
+                    1 => (logs::Level::Info, logs::Source::Console),
+                    2 => (logs::Level::Warn, logs::Source::Console),
+                    3 => (logs::Level::Error, logs::Source::Console),
+                    _ => (logs::Level::Error, logs::Source::Uncaught),
+                };
+                return self
+                    .events
+                    .on_log(&self.name, level, source, &message, None);
+            }
+            FromWorker::OutboundHttpRequest { id, request } => {
+                return self.start_outbound(live, id, request)
+            }
+            FromWorker::OutboundHttpDeleteFile { path } => {
+                return self.limits.outbound.delete_file(&self.name, &path)
+            }
             FromWorker::HttpStart {
                 id,
                 status,
@@ -420,8 +506,32 @@ impl Supervisor {
         }
     }
 
+    /// Runs an outbound HTTP request of `live`'s code on the host; what comes back
+    /// goes to that worker only (after a restart it is dropped, the task aborted).
+    fn start_outbound(&self, live: &Arc<Live>, id: u64, request: OutboundHttpRequest) {
+        let to = Arc::downgrade(live);
+        let sink = move |event| {
+            if let Some(live) = to.upgrade() {
+                let _ = live.to_worker.send(ToWorker::OutboundHttp { id, event });
+            }
+        };
+        let outbound = self.limits.outbound.clone();
+        let slots = self.outbound_slots.clone();
+        let container = self.name.clone();
+        let owner = Arc::downgrade(live);
+        // The map is locked across the spawn so the task's own removal comes after.
+        let mut in_flight = lock(&live.outbound);
+        let task = tokio::spawn(async move {
+            outbound.run(&container, &slots, request, &sink).await;
+            if let Some(live) = owner.upgrade() {
+                lock(&live.outbound).remove(&id);
+            }
+        });
+        in_flight.insert(id, task.abort_handle());
+    }
+
     /// A worker exited: answer its leftovers and replace it (unless stopped).
-    async fn worker_gone(self: &Arc<Self>, live: &Arc<Live>, reason: &str) {
+    async fn worker_gone(self: &Arc<Self>, live: &Arc<Live>, reason: &str, cause: logs::Cause) {
         let was_current = {
             let mut current = lock(&self.live);
             let same = current
@@ -436,6 +546,7 @@ impl Supervisor {
             "the worker of {} stopped before answering: {reason}",
             self.name
         );
+        abort_outbound(live);
         for (_, tx) in lock(&live.pending).drain() {
             let _ = tx.send(HttpPart::Failed {
                 message: message.clone(),
@@ -459,12 +570,23 @@ impl Supervisor {
             return;
         }
         tracing::warn!(container = %self.name, "worker restarted: {reason}");
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+        self.host_log(
+            logs::Level::Warn,
+            &format!("worker restarted: {reason}"),
+            Some(cause),
+        );
         let mut backoff = Duration::from_millis(100);
         while !self.stopped.load(Ordering::Relaxed) {
             match self.spawn_worker().await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::error!(container = %self.name, "worker restart failed: {e}");
+                    self.host_log(
+                        logs::Level::Error,
+                        &format!("worker restart failed: {e}"),
+                        None,
+                    );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -563,6 +685,7 @@ impl Supervisor {
     /// replacement that the reader task starts when the process is gone.
     fn retire(&self, live: &Arc<Live>, reason: &str) {
         live.replace.store(true, Ordering::Relaxed);
+        live.timed_out.store(true, Ordering::Relaxed);
         {
             let mut current = lock(&self.live);
             if current
@@ -594,9 +717,21 @@ impl Supervisor {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(None)) => {
                 *lock(&self.spec) = spec;
+                self.host_log(
+                    logs::Level::Info,
+                    "hot swapped: the new code is serving",
+                    None,
+                );
                 Ok(())
             }
-            Ok(Ok(Some(e))) => Err(e),
+            Ok(Ok(Some(e))) => {
+                self.host_log(
+                    logs::Level::Error,
+                    &format!("the new code did not load; the previous version keeps serving: {e}"),
+                    None,
+                );
+                Err(e)
+            }
             Ok(Err(_)) => Err("the worker exited while loading the new code".into()),
             Err(_) => {
                 self.retire(&live, "loading new code overran the handler timeout");
@@ -613,6 +748,7 @@ impl Supervisor {
         let Some(live) = lock(&self.live).take() else {
             return;
         };
+        abort_outbound(&live);
         let _ = live.to_worker.send(ToWorker::Shutdown);
         let deadline = Instant::now() + Duration::from_secs(5);
         while process_alive(live.pid) && Instant::now() < deadline {
@@ -627,6 +763,13 @@ impl Supervisor {
 /// Locks a mutex, shrugging off poisoning (no lock here guards a multi-step invariant).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ends every outbound HTTP request of a worker that is going away.
+fn abort_outbound(live: &Live) {
+    for (_, task) in lock(&live.outbound).drain() {
+        task.abort();
+    }
 }
 
 fn kill(live: &Live, reason: &str) {

@@ -6,7 +6,7 @@ use crate::ipc::{encode_into, FromWorker, ToWorker};
 use crate::store::SledStore;
 use mimhost_bindings::{HostApi, LogLevel, Storage, StorageError, WsAnswer, WsOp, WsQuery};
 use std::borrow::Cow;
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 
 static NOT_LOADED: NoStore = NoStore(Cow::Borrowed("the store is not open yet"));
 
@@ -36,6 +36,8 @@ pub struct WorkerHost {
     out: RefCell<Vec<u8>>,
     store: OnceCell<Result<SledStore, NoStore>>,
     link: RefCell<Link>,
+    /// Id of the last outbound HTTP request (unique in this process, across hot swaps).
+    outbound_ids: Cell<u64>,
 }
 
 impl WorkerHost {
@@ -45,6 +47,7 @@ impl WorkerHost {
             out: RefCell::new(Vec::with_capacity(64 * 1024)),
             store: OnceCell::new(),
             link: RefCell::new(link),
+            outbound_ids: Cell::new(0),
         }
     }
 
@@ -122,6 +125,7 @@ impl HostApi for WorkerHost {
             LogLevel::Info => 1,
             LogLevel::Warn => 2,
             LogLevel::Error => 3,
+            LogLevel::Uncaught => crate::ipc::LOG_UNCAUGHT,
         };
         self.send(&FromWorker::Log {
             level,
@@ -168,5 +172,18 @@ impl HostApi for WorkerHost {
             _ => None,
         });
         answer.unwrap_or_else(|_| std::process::exit(0))
+    }
+
+    fn outbound_http(&self, request: mimhost_bindings::OutboundHttpRequest) -> u64 {
+        let id = self.outbound_ids.get() + 1;
+        self.outbound_ids.set(id);
+        self.send(&FromWorker::OutboundHttpRequest { id, request });
+        id
+    }
+
+    fn delete_file(&self, path: &str) {
+        self.send(&FromWorker::OutboundHttpDeleteFile {
+            path: path.to_string(),
+        });
     }
 }

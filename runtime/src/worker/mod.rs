@@ -107,6 +107,11 @@ fn serve(stream: UnixStream) -> i32 {
                     done_seq = Some(seq);
                 }
                 ToWorker::WsAnswer(_) => {}
+                ToWorker::OutboundHttp { id, event } => {
+                    if let Some(l) = loaded.as_mut() {
+                        guarded(&host, l, |isolate| isolate.outbound_http(id, &event));
+                    }
+                }
             }
         }
         if let Some(seq) = done_seq {

@@ -13,14 +13,18 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Largest message a client may send (bigger: close 1009).
-pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// Most bytes read off the socket before the decoder takes them (it consumes payload
+/// as it comes, so a big message never sits here whole).
+const MAX_READ: usize = 256 * 1024;
 /// Most bytes written to the socket in one go.
 const MAX_BATCH: usize = 256 * 1024;
 /// How long a session closing for slowness waits for the socket before dropping it.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How long a closing session keeps reading what the peer still sends.
 const LINGER: Duration = Duration::from_secs(2);
+/// How long a session about to close waits for the container to finish the events it
+/// already received, so their replies go out before the close frame.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// Everything a session task needs.
 pub struct Session {
@@ -36,6 +40,8 @@ pub struct Session {
     pub hub: Arc<Hub>,
     /// How often to ping; a peer silent for two of these is reaped.
     pub ping_interval: Duration,
+    /// Largest message the client may send (`--max-message`; bigger: close 1009).
+    pub max_message: usize,
 }
 
 /// What one read of the socket found.
@@ -88,7 +94,7 @@ impl Session {
     }
 
     async fn serve(&mut self) -> End {
-        let mut decoder = Decoder::new(MAX_MESSAGE);
+        let mut decoder = Decoder::new(self.max_message);
         // Copy what hyper read ahead and let go of its buffer, which may be large.
         let mut inbox = BytesMut::from(&std::mem::take(&mut self.already_read)[..]);
         let mut ping = tokio::time::interval(self.ping_interval);
@@ -145,7 +151,7 @@ impl Session {
                 Ok(0) => return if got { Read::Data } else { Read::Closed },
                 Ok(_) => {
                     got = true;
-                    if inbox.len() > MAX_MESSAGE + 16 {
+                    if inbox.len() > MAX_READ {
                         return Read::Data;
                     }
                 }
@@ -174,19 +180,28 @@ impl Session {
                 }
                 Ok(Some(Incoming::Pong)) => {}
                 Ok(Some(Incoming::Close(code))) => {
+                    if let Some(end) = self.flush_replies().await {
+                        return Some(end);
+                    }
                     let code = code.unwrap_or(1005);
                     let echo = if code == 1005 { close::NORMAL } else { code };
                     let _ = self.stream.write_all(&close_frame(echo, "")).await;
                     return Some(End::Closed(code));
                 }
                 Err(Violation(code)) => {
+                    if let Some(end) = self.flush_replies().await {
+                        return Some(end);
+                    }
                     let _ = self.stream.write_all(&close_frame(code, "")).await;
                     self.linger().await;
-                    self.error_event(match code {
-                        close::TOO_BIG => "message over the 1 MiB limit",
-                        close::INVALID_DATA => "text frame that is not UTF-8",
-                        _ => "WebSocket protocol error",
-                    });
+                    let error = match code {
+                        close::TOO_BIG => {
+                            format!("message over the {} limit", size_text(self.max_message))
+                        }
+                        close::INVALID_DATA => "text that is not UTF-8".to_string(),
+                        _ => "WebSocket protocol error".to_string(),
+                    };
+                    self.error_event(&error);
                     return Some(End::Closed(code));
                 }
             }
@@ -244,6 +259,24 @@ impl Session {
         None
     }
 
+    /// Before a close: lets the container finish the events this session already
+    /// sent it (briefly) and writes the replies they queued. Some when the session
+    /// ended meanwhile (the mim closed it, or the socket failed).
+    async fn flush_replies(&mut self) -> Option<End> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while self.container.supervisor.ws_busy(&self.handle.info.id)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        while let Some(first) = self.handle.try_outgoing() {
+            if let Some(end) = self.write_batch(first).await {
+                return Some(end);
+            }
+        }
+        None
+    }
+
     /// Drops what is queued and closes 1008 (the client fell too far behind).
     async fn close_slow(&mut self) -> End {
         self.handle.discard_queue();
@@ -267,5 +300,25 @@ impl Session {
                 break;
             }
         }
+    }
+}
+
+/// A byte count as people write it: `1 MiB`, `16 KiB`, else `N bytes`.
+fn size_text(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_naturally() {
+        assert_eq!(super::size_text(1 << 20), "1 MiB");
+        assert_eq!(super::size_text(16 << 20), "16 MiB");
+        assert_eq!(super::size_text(2048), "2 KiB");
+        assert_eq!(super::size_text(1000), "1000 bytes");
     }
 }

@@ -210,6 +210,7 @@ fn accept(
     // frame sent after it (its queue holds them until the session task runs).
     let hub = state.hub.clone();
     let ping_interval = state.config.ping_interval;
+    let max_message = state.config.max_message;
     let stats = hub.stats_for(&container.name);
     let handle = Arc::new(SessionHandle::new(
         info,
@@ -240,6 +241,7 @@ fn accept(
             container,
             hub,
             ping_interval,
+            max_message,
         };
         session.run().await;
     });
