@@ -23,34 +23,9 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-<<<<<<< HEAD
     let request = match read_request(
         req,
         state.config.max_body,
-=======
-    let limit = state.config.max_body;
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return json_error(413, &format!("request body is over the {limit}-byte limit"));
-    }
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return json_error(413, &format!("request body is over the {limit}-byte limit"))
-        }
-        Err(e) => return json_error(400, &format!("could not read the request body: {e}")),
-    };
-    let route = format!("{} {rest}", parts.method);
-    let request = request_data(
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
->>>>>>> main
         rest,
         peer,
         state.local_port,
@@ -60,6 +35,7 @@ pub async fn handle(
         Ok(request) => request,
         Err(refusal) => return refusal,
     };
+    let route = format!("{} {}", request.method, request.path);
     let started = Instant::now();
     let deadline = started + state.config.handler_timeout;
     let resp = match container.supervisor.http(request, deadline).await {

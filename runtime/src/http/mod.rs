@@ -5,13 +5,8 @@ mod body;
 mod container;
 mod shed;
 
-<<<<<<< HEAD
-pub use body::{full, json, json_error, Body};
-pub use container::{client_address, header_map, parse_query, read_request, request_data};
-=======
 pub use body::{full, json, json_error, streamed, Body};
-pub use container::{client_address, header_map, parse_query, request_data};
->>>>>>> main
+pub use container::{client_address, header_map, parse_query, read_request, request_data};
 
 use crate::host::HostState;
 use hyper::body::Incoming;
