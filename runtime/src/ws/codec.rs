@@ -377,6 +377,35 @@ mod tests {
         );
     }
 
+    /// Found by the `ws_frames` fuzz target (fuzz/regressions/ws_frames/len64-overflow):
+    /// a 64-bit length near `u64::MAX` plus the fragments already held wrapped around,
+    /// passed the size check and panicked slicing the buffer.
+    #[test]
+    fn a_huge_64_bit_length_is_refused_not_wrapped() {
+        let mut d = Decoder::new(1024);
+        let mut first = BytesMut::from(&masked(0x01, b"abc")[..]);
+        assert_eq!(d.next(&mut first), Ok(None));
+        let mut wire = vec![0x80u8, 0x80 | 127];
+        wire.extend_from_slice(&u64::MAX.to_be_bytes());
+        wire.extend_from_slice(&[1, 2, 3, 4, 0x69, 0x67, 0x6f]);
+        let mut buf = BytesMut::from(&wire[..]);
+        assert!(d.next(&mut buf).is_err());
+        let regression = include_bytes!("../../../fuzz/regressions/ws_frames/len64-overflow");
+        let (&cut, stream) = regression.split_first().expect("the input is not empty");
+        let mut d = Decoder::new(4096);
+        let mut buf = BytesMut::new();
+        'reads: for read in stream.chunks(usize::from(cut) + 1) {
+            buf.extend_from_slice(read);
+            loop {
+                match d.next(&mut buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => break 'reads,
+                }
+            }
+        }
+    }
+
     #[test]
     fn close_codes_and_reasons_are_checked() {
         for code in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999] {
