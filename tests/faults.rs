@@ -132,9 +132,10 @@ async fn a_full_disk_gives_clear_errors_loses_nothing_acknowledged_and_recovers(
     let mut errors = Vec::new();
     for i in 0..200 {
         let key = format!("k{i:04}");
-        match store(&host, &key, &format!("{key}:{value}")).await {
+        let text = format!("{key}:{value}");
+        match store(&host, &key, &text).await {
             Ok(()) => {
-                acknowledged.insert(key, format!("{key}:{value}"));
+                acknowledged.insert(key, text);
             }
             Err(e) => errors.push(e),
         }

@@ -8,8 +8,8 @@ use mimhost_bindings::{Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
-use std::cell::Cell;
-use std::path::Path;
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
 
 /// Page cache per store; the sled default (1 GiB) is far too big per container.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
@@ -22,13 +22,42 @@ struct Item {
     value: String,
 }
 
-/// A container's store in its own sled database.
-pub struct SledStore {
+/// The open database and its trees.
+struct Trees {
     db: sled::Db,
     items: sled::Tree,
     order: sled::Tree,
     tags: sled::Tree,
+}
+
+impl Trees {
+    fn open(dir: &Path) -> Result<Self, StorageError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| StorageError(format!("cannot open store {}: {e}", dir.display())))?;
+        Ok(Self {
+            items: db.open_tree("items").map_err(err)?,
+            order: db.open_tree("order").map_err(err)?,
+            tags: db.open_tree("tags").map_err(err)?,
+            db,
+        })
+    }
+}
+
+/// A container's store in its own sled database.
+///
+/// sled refuses every write after one I/O error (a full disk, say) until it is opened
+/// again, so a store whose write or flush failed reopens itself before its next
+/// write: once space is back, writes work again without a restart. Reads go on from
+/// the old handle meanwhile.
+pub struct SledStore {
+    dir: PathBuf,
+    open: RefCell<Option<Trees>>,
     dirty: Cell<bool>,
+    failed: Cell<bool>,
 }
 
 fn err(e: impl std::fmt::Display) -> StorageError {
@@ -64,26 +93,46 @@ fn text(bytes: &[u8]) -> String {
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| StorageError(format!("cannot open store {}: {e}", dir.display())))?;
+        let trees = Trees::open(dir)?;
         Ok(Self {
-            items: db.open_tree("items").map_err(err)?,
-            order: db.open_tree("order").map_err(err)?,
-            tags: db.open_tree("tags").map_err(err)?,
-            db,
+            dir: dir.to_path_buf(),
+            open: RefCell::new(Some(trees)),
             dirty: Cell::new(false),
+            failed: Cell::new(false),
         })
     }
 
     /// Makes every write so far durable; a no-op when nothing was written since.
     pub fn flush_if_dirty(&self) -> Result<(), StorageError> {
         if self.dirty.replace(false) {
-            self.db.flush().map_err(err)?;
+            self.with(false, |t| t.db.flush().map_err(err))
+                .inspect_err(|_| self.failed.set(true))?;
         }
+        Ok(())
+    }
+
+    /// Runs `f` on the open trees; a `write` first reopens a store that failed.
+    fn with<R>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&Trees) -> Result<R, StorageError>,
+    ) -> Result<R, StorageError> {
+        if (write && self.failed.get()) || self.open.borrow().is_none() {
+            self.reopen()?;
+        }
+        let open = self.open.borrow();
+        let trees = open
+            .as_ref()
+            .ok_or_else(|| StorageError("the store is not open".into()))?;
+        f(trees)
+    }
+
+    /// Drops the database (sled locks it) and opens it again.
+    fn reopen(&self) -> Result<(), StorageError> {
+        drop(self.open.borrow_mut().take());
+        let trees = Trees::open(&self.dir)?;
+        *self.open.borrow_mut() = Some(trees);
+        self.failed.set(false);
         Ok(())
     }
 
@@ -95,13 +144,18 @@ impl SledStore {
             &sled::transaction::TransactionalTree,
         ) -> Result<R, ConflictableTransactionError<StorageError>>,
     ) -> Result<R, StorageError> {
-        self.dirty.set(true);
-        (&self.items, &self.order, &self.tags)
-            .transaction(|(items, order, tags)| f(items, order, tags))
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => err(e),
-            })
+        self.with(true, |t| {
+            self.dirty.set(true);
+            (&t.items, &t.order, &t.tags)
+                .transaction(|(items, order, tags)| f(items, order, tags))
+                .map_err(|e| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => {
+                        self.failed.set(true);
+                        err(e)
+                    }
+                })
+        })
     }
 }
 
@@ -111,15 +165,15 @@ fn abort(e: StorageError) -> ConflictableTransactionError<StorageError> {
 
 impl Storage for SledStore {
     fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
-        match self.items.get(key).map_err(err)? {
+        self.with(false, |t| match t.items.get(key).map_err(err)? {
             Some(bytes) => Ok(Some(decode(&bytes)?.value)),
             None => Ok(None),
-        }
+        })
     }
 
     /// A rewrite keeps the key's age; `setItem` (no tag) keeps an existing tag.
     fn set(&self, key: &str, value: &str, tag: Option<&str>) -> Result<(), StorageError> {
-        let seq = self.db.generate_id().map_err(err)?;
+        let seq = self.with(true, |t| t.db.generate_id().map_err(err))?;
         self.transact(|items, order, tags| {
             let old = items
                 .get(key)?
@@ -164,18 +218,20 @@ impl Storage for SledStore {
     }
 
     fn items(&self, tag: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
-        let keys = match tag {
-            None => self.order.iter(),
-            Some(t) => self.tags.scan_prefix(tag_prefix(t)),
-        };
-        let mut out = Vec::new();
-        for entry in keys {
-            let (_, key) = entry.map_err(err)?;
-            if let Some(bytes) = self.items.get(&key).map_err(err)? {
-                out.push((text(&key), decode(&bytes)?.value));
+        self.with(false, |t| {
+            let keys = match tag {
+                None => t.order.iter(),
+                Some(tag) => t.tags.scan_prefix(tag_prefix(tag)),
+            };
+            let mut out = Vec::new();
+            for entry in keys {
+                let (_, key) = entry.map_err(err)?;
+                if let Some(bytes) = t.items.get(&key).map_err(err)? {
+                    out.push((text(&key), decode(&bytes)?.value));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn remove_by_tag(&self, tag: &str) -> Result<usize, StorageError> {
