@@ -126,7 +126,7 @@ async fn a_full_disk_gives_clear_errors_loses_nothing_acknowledged_and_recovers(
         .await
         .expect("a write with room");
 
-    let ballast = fill(tmpfs.path(), 256 * 1024);
+    let ballast = fill(tmpfs.path(), 3 * 1024 * 1024);
     let value = "v".repeat(16 * 1024);
     let mut acknowledged = BTreeMap::new();
     let mut errors = Vec::new();
@@ -142,7 +142,7 @@ async fn a_full_disk_gives_clear_errors_loses_nothing_acknowledged_and_recovers(
     }
     assert!(
         !errors.is_empty(),
-        "200 writes of 16 KiB fitted in 256 KiB: the disk never filled"
+        "200 writes of 16 KiB fitted in 3 MiB: the disk never filled"
     );
     for (status, body) in &errors {
         assert!(
@@ -334,13 +334,12 @@ fn set_fd_limit(pid: i32, limit: u64) {
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
-/// The highest descriptor number the process holds.
-fn highest_fd(pid: i32) -> u64 {
+/// The descriptor numbers the process holds.
+fn open_fds(pid: i32) -> Vec<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("read /proc/PID/fd")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0)
+        .collect()
 }
 
 /// One keep-alive HTTP/1.1 request on `s`; the status, or None when the host
@@ -381,14 +380,17 @@ async fn at_the_fd_limit_new_connections_are_refused_and_old_ones_served() {
         assert_eq!(ask(&mut s, "/s/ok", WAIT).await, Some(200));
         kept.push(s);
     }
-    let limit = highest_fd(host.pid()) + 1 + 3;
+    let fds = open_fds(host.pid());
+    let limit = fds.iter().max().copied().unwrap_or(0) + 1 + 3;
+    // Free slots below the limit (holes included): fill them all, then some.
+    let attempts = limit - fds.len() as u64 + 8;
     set_fd_limit(host.pid(), limit);
     // Past the limit: every new connection gets an answer (a clean refusal or, for
     // the few that fit, a 200), none hangs.
     let mut extra = Vec::new();
     let mut refused = 0;
     let started = Instant::now();
-    for _ in 0..12 {
+    for _ in 0..attempts {
         let mut s = TcpStream::connect(host.addr()).await.expect("connect");
         match ask(&mut s, "/s/ok", Duration::from_secs(5)).await {
             Some(200) => extra.push(s),

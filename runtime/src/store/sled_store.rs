@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 
 /// Page cache per store; the sled default (1 GiB) is far too big per container.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// Space a write leaves free on the store's disk. sled does not survive running out:
+/// its flush can hang, it refuses every write until reopened, and reopening needs
+/// space. So a write that would eat into this reserve fails first, with a clear
+/// error, and reads go on.
+const RESERVE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// One stored item.
 #[derive(Serialize, Deserialize)]
@@ -105,19 +110,23 @@ impl SledStore {
     /// Makes every write so far durable; a no-op when nothing was written since.
     pub fn flush_if_dirty(&self) -> Result<(), StorageError> {
         if self.dirty.replace(false) {
-            self.with(false, |t| t.db.flush().map_err(err))
+            self.with(None, |t| t.db.flush().map_err(err))
                 .inspect_err(|_| self.failed.set(true))?;
         }
         Ok(())
     }
 
-    /// Runs `f` on the open trees; a `write` first reopens a store that failed.
+    /// Runs `f` on the open trees. A write of `Some(bytes)` first checks there is
+    /// room for it and reopens a store that failed.
     fn with<R>(
         &self,
-        write: bool,
+        write: Option<usize>,
         f: impl FnOnce(&Trees) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
-        if (write && self.failed.get()) || self.open.borrow().is_none() {
+        if let Some(bytes) = write {
+            self.check_room(bytes)?;
+        }
+        if (write.is_some() && self.failed.get()) || self.open.borrow().is_none() {
             self.reopen()?;
         }
         let open = self.open.borrow();
@@ -125,6 +134,19 @@ impl SledStore {
             .as_ref()
             .ok_or_else(|| StorageError("the store is not open".into()))?;
         f(trees)
+    }
+
+    /// Refuses a write of `bytes` that would leave less than the reserve free.
+    fn check_room(&self, bytes: usize) -> Result<(), StorageError> {
+        let need = RESERVE_BYTES + 2 * bytes as u64;
+        match free_bytes(&self.dir) {
+            Some(free) if free < need => Err(StorageError(format!(
+                "no space left for the store: {} KiB free on its disk, a write keeps {} KiB free",
+                free / 1024,
+                RESERVE_BYTES / 1024
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Drops the database (sled locks it) and opens it again.
@@ -136,15 +158,18 @@ impl SledStore {
         Ok(())
     }
 
+    /// Runs `f` as one transaction over the three trees; `room` as for [`Self::with`]
+    /// (removals pass None: they may use the reserve, that is what it is for).
     fn transact<R>(
         &self,
+        room: Option<usize>,
         f: impl Fn(
             &sled::transaction::TransactionalTree,
             &sled::transaction::TransactionalTree,
             &sled::transaction::TransactionalTree,
         ) -> Result<R, ConflictableTransactionError<StorageError>>,
     ) -> Result<R, StorageError> {
-        self.with(true, |t| {
+        self.with(room, |t| {
             self.dirty.set(true);
             (&t.items, &t.order, &t.tags)
                 .transaction(|(items, order, tags)| f(items, order, tags))
@@ -159,13 +184,23 @@ impl SledStore {
     }
 }
 
+/// Bytes free for unprivileged writers on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 fn abort(e: StorageError) -> ConflictableTransactionError<StorageError> {
     ConflictableTransactionError::Abort(e)
 }
 
 impl Storage for SledStore {
     fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
-        self.with(false, |t| match t.items.get(key).map_err(err)? {
+        self.with(None, |t| match t.items.get(key).map_err(err)? {
             Some(bytes) => Ok(Some(decode(&bytes)?.value)),
             None => Ok(None),
         })
@@ -173,8 +208,9 @@ impl Storage for SledStore {
 
     /// A rewrite keeps the key's age; `setItem` (no tag) keeps an existing tag.
     fn set(&self, key: &str, value: &str, tag: Option<&str>) -> Result<(), StorageError> {
-        let seq = self.with(true, |t| t.db.generate_id().map_err(err))?;
-        self.transact(|items, order, tags| {
+        let size = key.len() + value.len() + tag.map_or(0, str::len);
+        let seq = self.with(Some(size), |t| t.db.generate_id().map_err(err))?;
+        self.transact(Some(size), |items, order, tags| {
             let old = items
                 .get(key)?
                 .map(|b| decode(&b))
@@ -205,7 +241,7 @@ impl Storage for SledStore {
     }
 
     fn remove(&self, key: &str) -> Result<(), StorageError> {
-        self.transact(|items, order, tags| {
+        self.transact(None, |items, order, tags| {
             if let Some(bytes) = items.remove(key.as_bytes())? {
                 let item = decode(&bytes).map_err(abort)?;
                 order.remove(&item.seq.to_be_bytes())?;
@@ -218,7 +254,7 @@ impl Storage for SledStore {
     }
 
     fn items(&self, tag: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
-        self.with(false, |t| {
+        self.with(None, |t| {
             let keys = match tag {
                 None => t.order.iter(),
                 Some(tag) => t.tags.scan_prefix(tag_prefix(tag)),
