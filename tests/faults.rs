@@ -87,7 +87,8 @@ fn fill(dir: &Path, leave: u64) -> std::path::PathBuf {
     while f.write_all(&block).is_ok() {}
     let _ = f.flush();
     let written = std::fs::metadata(&path).expect("ballast size").len();
-    f.set_len(written.saturating_sub(leave)).expect("shrink ballast");
+    f.set_len(written.saturating_sub(leave))
+        .expect("shrink ballast");
     path
 }
 
@@ -219,7 +220,11 @@ async fn only_worker(host: &Host) -> i32 {
 
 fn kill9(pid: i32) {
     // SAFETY: kill has no memory preconditions; pid is a worker of our own host.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 {pid}");
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "kill -9 {pid}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +360,11 @@ async fn ask(s: &mut TcpStream, path: &str, wait: Duration) -> Option<u16> {
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
             let length = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if body.len() >= length {
                 return head.split(' ').nth(1)?.parse().ok();

@@ -131,7 +131,8 @@ impl Host {
     /// replaces the default value of the same flag.
     pub async fn start_with(mims: &Path, extra: &[&str]) -> Host {
         let data = TempDir::new().expect("create temp dir for --data");
-        let mut args: Vec<String> = vec!["serve".into(), "--mims".into(), mims.display().to_string()];
+        let mut args: Vec<String> =
+            vec!["serve".into(), "--mims".into(), mims.display().to_string()];
         // A test may bring its own `--data` (a small tmpfs, say).
         if !extra.contains(&"--data") {
             args.extend(["--data".into(), data.path().display().to_string()]);

@@ -24,7 +24,10 @@ impl Spare {
     /// After `accept` failed with `error`: when that is the descriptor limit, refuses
     /// one waiting connection with 503. True when one was refused (try again at once).
     pub fn refuse_one(&mut self, listener: &TcpListener, error: &std::io::Error) -> bool {
-        if !matches!(error.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+        if !matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE)
+        ) {
             return false;
         }
         if self.0.take().is_none() {

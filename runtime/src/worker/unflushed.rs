@@ -30,7 +30,9 @@ pub fn fail_answers(mut out: Vec<u8>, error: &str) -> Vec<u8> {
                     body: body.clone(),
                 }
             }
-            FromWorker::HttpChunk { id, .. } | FromWorker::HttpEnd { id } if failed.contains(&id) => {
+            FromWorker::HttpChunk { id, .. } | FromWorker::HttpEnd { id }
+                if failed.contains(&id) =>
+            {
                 continue
             }
             other => other,
@@ -48,11 +50,26 @@ mod tests {
     fn answers_become_507_and_the_rest_stays() {
         let mut out = Vec::new();
         for m in [
-            FromWorker::HttpFull { id: 1, status: 200, headers: vec![], body: "ok".into() },
-            FromWorker::HttpStart { id: 2, status: 200, headers: vec![] },
-            FromWorker::HttpChunk { id: 2, chunk: "x".into() },
+            FromWorker::HttpFull {
+                id: 1,
+                status: 200,
+                headers: vec![],
+                body: "ok".into(),
+            },
+            FromWorker::HttpStart {
+                id: 2,
+                status: 200,
+                headers: vec![],
+            },
+            FromWorker::HttpChunk {
+                id: 2,
+                chunk: "x".into(),
+            },
             FromWorker::HttpEnd { id: 2 },
-            FromWorker::HttpChunk { id: 9, chunk: "earlier stream".into() },
+            FromWorker::HttpChunk {
+                id: 9,
+                chunk: "earlier stream".into(),
+            },
             FromWorker::Done { seq: 4 },
         ] {
             encode_into(&m, &mut out);
@@ -62,7 +79,12 @@ mod tests {
         assert_eq!(got.len(), 4, "{got:?}");
         for (m, id) in got.iter().zip([1u64, 2]) {
             match m {
-                FromWorker::HttpFull { id: i, status, body, .. } => {
+                FromWorker::HttpFull {
+                    id: i,
+                    status,
+                    body,
+                    ..
+                } => {
                     assert_eq!((*i, *status), (id, 507));
                     assert!(body.contains("No space left"), "{body}");
                 }
