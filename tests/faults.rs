@@ -398,13 +398,18 @@ async fn at_the_fd_limit_new_connections_are_refused_and_old_ones_served() {
     // the few that fit, a 200), none hangs.
     let mut extra = Vec::new();
     let mut refused = 0;
-    let started = Instant::now();
     for _ in 0..attempts {
         let mut s = TcpStream::connect(host.addr()).await.expect("connect");
+        let asked = Instant::now();
         match ask(&mut s, "/s/ok", Duration::from_secs(5)).await {
             Some(200) => extra.push(s),
-            Some(503) | None if started.elapsed() < Duration::from_secs(60) => refused += 1,
-            other => panic!("at the fd limit a new connection got {other:?}"),
+            Some(503) => refused += 1,
+            // Closed without an answer (a reset racing the 503): refused, not hung.
+            None if asked.elapsed() < Duration::from_secs(4) => refused += 1,
+            other => panic!(
+                "at the fd limit a new connection got {other:?} after {:?}",
+                asked.elapsed()
+            ),
         }
     }
     assert!(refused > 0, "the fd limit was never reached");
