@@ -80,7 +80,9 @@ async fn binary_messages_come_back_as_binary_frames() {
         ws.send(Message::binary(data.clone())).await.expect("send");
         assert_eq!(next(&mut ws).await, Message::binary(data), "kind {first}");
     }
-    ws.send(Message::binary(vec![3u8, 9, 8])).await.expect("send");
+    ws.send(Message::binary(vec![3u8, 9, 8]))
+        .await
+        .expect("send");
     assert_eq!(next(&mut ws).await, Message::binary(vec![9u8, 8]));
     ws.send(Message::binary(vec![4u8, 4])).await.expect("send");
     assert_eq!(next(&mut ws).await, Message::binary(vec![4u8, 4]));
@@ -104,7 +106,9 @@ async fn binary_messages_come_back_as_binary_frames() {
 async fn max_message_sets_the_limit() {
     let (_mims, host) = start(&["--max-message", "2KiB"]).await;
     let mut ws = connect(&host).await;
-    ws.send(Message::text("x".repeat(2048))).await.expect("send");
+    ws.send(Message::text("x".repeat(2048)))
+        .await
+        .expect("send");
     assert_eq!(
         next(&mut ws).await,
         Message::text(format!("text {}", "x".repeat(2048)))
@@ -140,7 +144,11 @@ async fn raw(host: &Host) -> TcpStream {
         s.read_exact(&mut byte).await.expect("upgrade answer");
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     s
 }
 
@@ -170,16 +178,22 @@ async fn close_codes_and_reasons_are_checked() {
             other => panic!("{code}: {other:?}"),
         }
     }
-    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000] {
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000,
+    ] {
         let mut s = raw(&host).await;
-        s.write_all(&frame(0x88, &code.to_be_bytes())).await.expect("close frame");
+        s.write_all(&frame(0x88, &code.to_be_bytes()))
+            .await
+            .expect("close frame");
         let got = read_to_end(&mut s).await;
         assert_eq!(&got[..4], &[0x88, 2, 0x03, 0xEA], "code {code}: {got:?}");
     }
     let mut s = raw(&host).await;
     let mut payload = 1000u16.to_be_bytes().to_vec();
     payload.extend_from_slice(&[0xce, 0xba, 0xed, 0xa0, 0x80]);
-    s.write_all(&frame(0x88, &payload)).await.expect("close frame");
+    s.write_all(&frame(0x88, &payload))
+        .await
+        .expect("close frame");
     let got = read_to_end(&mut s).await;
     assert_eq!(&got[..4], &[0x88, 2, 0x03, 0xEF], "bad reason: {got:?}");
 }

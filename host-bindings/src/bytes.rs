@@ -27,7 +27,10 @@ pub(crate) fn base64_to_bytes(
     args: &[JsValue],
     ctx: &mut Context,
 ) -> JsResult<JsValue> {
-    let text = args.get_or_undefined(0).to_string(ctx)?.to_std_string_escaped();
+    let text = args
+        .get_or_undefined(0)
+        .to_string(ctx)?
+        .to_std_string_escaped();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.as_bytes())
         .map_err(|e| JsNativeError::typ().with_message(format!("not base64: {e}")))?;
@@ -45,10 +48,11 @@ pub(crate) fn js_bytes(value: &JsValue, ctx: &mut Context) -> JsResult<Option<Ve
         return array.to_vec(ctx).map(Some);
     }
     if let Ok(buffer) = JsArrayBuffer::from_object(object.clone()) {
-        return buffer
-            .to_vec()
-            .map(Some)
-            .ok_or_else(|| JsNativeError::typ().with_message("ArrayBuffer is detached").into());
+        return buffer.to_vec().map(Some).ok_or_else(|| {
+            JsNativeError::typ()
+                .with_message("ArrayBuffer is detached")
+                .into()
+        });
     }
     Ok(None)
 }

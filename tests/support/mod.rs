@@ -143,7 +143,8 @@ impl Host {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let data = TempDir::new().expect("create temp dir for --data");
-        let mut args: Vec<String> = vec!["serve".into(), "--mims".into(), mims.display().to_string()];
+        let mut args: Vec<String> =
+            vec!["serve".into(), "--mims".into(), mims.display().to_string()];
         // A test may bring its own `--data` (a small tmpfs, say).
         if !extra.contains(&"--data") {
             args.extend(["--data".into(), data.path().display().to_string()]);

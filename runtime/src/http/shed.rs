@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use tokio::net::TcpListener;
 
 /// What a refused client reads.
-const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 81\r\nconnection: close\r\nretry-after: 1\r\n\r\n{\"error\":{\"status\":503,\"message\":\"the host is at its open-file limit; try again\"}}";
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 82\r\nconnection: close\r\nretry-after: 1\r\n\r\n{\"error\":{\"status\":503,\"message\":\"the host is at its open-file limit; try again\"}}";
 
 /// The descriptor kept in reserve for refusing connections.
 pub struct Spare(Option<File>);
@@ -24,7 +24,10 @@ impl Spare {
     /// After `accept` failed with `error`: when that is the descriptor limit, refuses
     /// one waiting connection with 503. True when one was refused (try again at once).
     pub fn refuse_one(&mut self, listener: &TcpListener, error: &std::io::Error) -> bool {
-        if !matches!(error.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+        if !matches!(
+            error.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE)
+        ) {
             return false;
         }
         if self.0.take().is_none() {

@@ -73,13 +73,15 @@ impl SessionHandle {
     }
 
     /// Queues frames (all or none, one wake-up); false when that would pass the
-    /// queue's frame or byte bound.
+    /// queue's frame or byte bound. An empty queue takes a batch of any size: one big
+    /// message (a 16 MiB echo, say) is not a client falling behind.
     pub fn enqueue(&self, frames: &[Bytes]) -> bool {
         if self.slow.load(Ordering::Relaxed) {
             return false;
         }
         let len: usize = frames.iter().map(Bytes::len).sum();
-        if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > MAX_QUEUED_BYTES {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return false;
         }

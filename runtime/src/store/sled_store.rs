@@ -8,11 +8,16 @@ use mimhost_bindings::{Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
-use std::cell::Cell;
-use std::path::Path;
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
 
 /// Page cache per store; the sled default (1 GiB) is far too big per container.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+/// Space a write leaves free on the store's disk. sled does not survive running out:
+/// its flush can hang, it refuses every write until reopened, and reopening needs
+/// space. So a write that would eat into this reserve fails first, with a clear
+/// error, and reads go on.
+const RESERVE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// One stored item.
 #[derive(Serialize, Deserialize)]
@@ -22,13 +27,42 @@ struct Item {
     value: String,
 }
 
-/// A container's store in its own sled database.
-pub struct SledStore {
+/// The open database and its trees.
+struct Trees {
     db: sled::Db,
     items: sled::Tree,
     order: sled::Tree,
     tags: sled::Tree,
+}
+
+impl Trees {
+    fn open(dir: &Path) -> Result<Self, StorageError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| StorageError(format!("cannot open store {}: {e}", dir.display())))?;
+        Ok(Self {
+            items: db.open_tree("items").map_err(err)?,
+            order: db.open_tree("order").map_err(err)?,
+            tags: db.open_tree("tags").map_err(err)?,
+            db,
+        })
+    }
+}
+
+/// A container's store in its own sled database.
+///
+/// sled refuses every write after one I/O error (a full disk, say) until it is opened
+/// again, so a store whose write or flush failed reopens itself before its next
+/// write: once space is back, writes work again without a restart. Reads go on from
+/// the old handle meanwhile.
+pub struct SledStore {
+    dir: PathBuf,
+    open: RefCell<Option<Trees>>,
     dirty: Cell<bool>,
+    failed: Cell<bool>,
 }
 
 fn err(e: impl std::fmt::Display) -> StorageError {
@@ -64,45 +98,100 @@ fn text(bytes: &[u8]) -> String {
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| StorageError(format!("cannot open store {}: {e}", dir.display())))?;
+        let trees = Trees::open(dir)?;
         Ok(Self {
-            items: db.open_tree("items").map_err(err)?,
-            order: db.open_tree("order").map_err(err)?,
-            tags: db.open_tree("tags").map_err(err)?,
-            db,
+            dir: dir.to_path_buf(),
+            open: RefCell::new(Some(trees)),
             dirty: Cell::new(false),
+            failed: Cell::new(false),
         })
     }
 
     /// Makes every write so far durable; a no-op when nothing was written since.
     pub fn flush_if_dirty(&self) -> Result<(), StorageError> {
         if self.dirty.replace(false) {
-            self.db.flush().map_err(err)?;
+            self.with(None, |t| t.db.flush().map_err(err))
+                .inspect_err(|_| self.failed.set(true))?;
         }
         Ok(())
     }
 
+    /// Runs `f` on the open trees. A write of `Some(bytes)` first checks there is
+    /// room for it and reopens a store that failed.
+    fn with<R>(
+        &self,
+        write: Option<usize>,
+        f: impl FnOnce(&Trees) -> Result<R, StorageError>,
+    ) -> Result<R, StorageError> {
+        if let Some(bytes) = write {
+            self.check_room(bytes)?;
+        }
+        if (write.is_some() && self.failed.get()) || self.open.borrow().is_none() {
+            self.reopen()?;
+        }
+        let open = self.open.borrow();
+        let trees = open
+            .as_ref()
+            .ok_or_else(|| StorageError("the store is not open".into()))?;
+        f(trees)
+    }
+
+    /// Refuses a write of `bytes` that would leave less than the reserve free.
+    fn check_room(&self, bytes: usize) -> Result<(), StorageError> {
+        let need = RESERVE_BYTES + 2 * bytes as u64;
+        match free_bytes(&self.dir) {
+            Some(free) if free < need => Err(StorageError(format!(
+                "no space left for the store: {} KiB free on its disk, a write keeps {} KiB free",
+                free / 1024,
+                RESERVE_BYTES / 1024
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops the database (sled locks it) and opens it again.
+    fn reopen(&self) -> Result<(), StorageError> {
+        drop(self.open.borrow_mut().take());
+        let trees = Trees::open(&self.dir)?;
+        *self.open.borrow_mut() = Some(trees);
+        self.failed.set(false);
+        Ok(())
+    }
+
+    /// Runs `f` as one transaction over the three trees; `room` as for [`Self::with`]
+    /// (removals pass None: they may use the reserve, that is what it is for).
     fn transact<R>(
         &self,
+        room: Option<usize>,
         f: impl Fn(
             &sled::transaction::TransactionalTree,
             &sled::transaction::TransactionalTree,
             &sled::transaction::TransactionalTree,
         ) -> Result<R, ConflictableTransactionError<StorageError>>,
     ) -> Result<R, StorageError> {
-        self.dirty.set(true);
-        (&self.items, &self.order, &self.tags)
-            .transaction(|(items, order, tags)| f(items, order, tags))
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => err(e),
-            })
+        self.with(room, |t| {
+            self.dirty.set(true);
+            (&t.items, &t.order, &t.tags)
+                .transaction(|(items, order, tags)| f(items, order, tags))
+                .map_err(|e| match e {
+                    TransactionError::Abort(e) => e,
+                    TransactionError::Storage(e) => {
+                        self.failed.set(true);
+                        err(e)
+                    }
+                })
+        })
     }
+}
+
+/// Bytes free for unprivileged writers on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn abort(e: StorageError) -> ConflictableTransactionError<StorageError> {
@@ -111,16 +200,17 @@ fn abort(e: StorageError) -> ConflictableTransactionError<StorageError> {
 
 impl Storage for SledStore {
     fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
-        match self.items.get(key).map_err(err)? {
+        self.with(None, |t| match t.items.get(key).map_err(err)? {
             Some(bytes) => Ok(Some(decode(&bytes)?.value)),
             None => Ok(None),
-        }
+        })
     }
 
     /// A rewrite keeps the key's age; `setItem` (no tag) keeps an existing tag.
     fn set(&self, key: &str, value: &str, tag: Option<&str>) -> Result<(), StorageError> {
-        let seq = self.db.generate_id().map_err(err)?;
-        self.transact(|items, order, tags| {
+        let size = key.len() + value.len() + tag.map_or(0, str::len);
+        let seq = self.with(Some(size), |t| t.db.generate_id().map_err(err))?;
+        self.transact(Some(size), |items, order, tags| {
             let old = items
                 .get(key)?
                 .map(|b| decode(&b))
@@ -151,7 +241,7 @@ impl Storage for SledStore {
     }
 
     fn remove(&self, key: &str) -> Result<(), StorageError> {
-        self.transact(|items, order, tags| {
+        self.transact(None, |items, order, tags| {
             if let Some(bytes) = items.remove(key.as_bytes())? {
                 let item = decode(&bytes).map_err(abort)?;
                 order.remove(&item.seq.to_be_bytes())?;
@@ -164,18 +254,20 @@ impl Storage for SledStore {
     }
 
     fn items(&self, tag: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
-        let keys = match tag {
-            None => self.order.iter(),
-            Some(t) => self.tags.scan_prefix(tag_prefix(t)),
-        };
-        let mut out = Vec::new();
-        for entry in keys {
-            let (_, key) = entry.map_err(err)?;
-            if let Some(bytes) = self.items.get(&key).map_err(err)? {
-                out.push((text(&key), decode(&bytes)?.value));
+        self.with(None, |t| {
+            let keys = match tag {
+                None => t.order.iter(),
+                Some(tag) => t.tags.scan_prefix(tag_prefix(tag)),
+            };
+            let mut out = Vec::new();
+            for entry in keys {
+                let (_, key) = entry.map_err(err)?;
+                if let Some(bytes) = t.items.get(&key).map_err(err)? {
+                    out.push((text(&key), decode(&bytes)?.value));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn remove_by_tag(&self, tag: &str) -> Result<usize, StorageError> {

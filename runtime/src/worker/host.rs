@@ -83,6 +83,8 @@ impl WorkerHost {
         if let Some(Ok(store)) = self.store.get() {
             if let Err(e) = store.flush_if_dirty() {
                 self.log(LogLevel::Error, &format!("store flush failed: {e}"));
+                let out = std::mem::take(&mut *self.out.borrow_mut());
+                return super::unflushed::fail_answers(out, &e.0);
             }
         }
         std::mem::take(&mut *self.out.borrow_mut())

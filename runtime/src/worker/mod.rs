@@ -6,6 +6,7 @@
 
 mod host;
 mod link;
+mod unflushed;
 
 use crate::ipc::{FromWorker, ToWorker};
 use host::WorkerHost;

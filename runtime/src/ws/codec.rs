@@ -408,20 +408,40 @@ mod tests {
 
     #[test]
     fn close_codes_and_reasons_are_checked() {
-        for code in [1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999] {
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999,
+        ] {
             let mut buf = BytesMut::from(&masked(0x88, &code.to_be_bytes())[..]);
-            assert_eq!(Decoder::new(10).next(&mut buf), Ok(Some(Incoming::Close(Some(code)))), "{code}");
+            assert_eq!(
+                Decoder::new(10).next(&mut buf),
+                Ok(Some(Incoming::Close(Some(code)))),
+                "{code}"
+            );
         }
-        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             let mut buf = BytesMut::from(&masked(0x88, &code.to_be_bytes())[..]);
-            assert_eq!(Decoder::new(10).next(&mut buf), Err(Violation(close::PROTOCOL)), "{code}");
+            assert_eq!(
+                Decoder::new(10).next(&mut buf),
+                Err(Violation(close::PROTOCOL)),
+                "{code}"
+            );
         }
         let mut payload = 1000u16.to_be_bytes().to_vec();
-        payload.extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80]);
+        payload.extend_from_slice(&[
+            0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
+        ]);
         let mut buf = BytesMut::from(&masked(0x88, &payload)[..]);
-        assert_eq!(Decoder::new(10).next(&mut buf), Err(Violation(close::INVALID_DATA)));
+        assert_eq!(
+            Decoder::new(10).next(&mut buf),
+            Err(Violation(close::INVALID_DATA))
+        );
         let mut buf = BytesMut::from(&masked(0x88, &[0x03])[..]);
-        assert_eq!(Decoder::new(10).next(&mut buf), Err(Violation(close::PROTOCOL)));
+        assert_eq!(
+            Decoder::new(10).next(&mut buf),
+            Err(Violation(close::PROTOCOL))
+        );
     }
 
     #[test]
@@ -430,11 +450,17 @@ mod tests {
         let mut d = Decoder::new(1024);
         let mut buf = BytesMut::from(&masked(0x01, "κόσμε".as_bytes())[..]);
         assert_eq!(d.next(&mut buf), Ok(None));
-        buf.extend_from_slice(&masked(0x00, &[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xed, 0xa0, 0x80]));
+        buf.extend_from_slice(&masked(
+            0x00,
+            &[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xed, 0xa0, 0x80],
+        ));
         assert_eq!(d.next(&mut buf), Err(Violation(close::INVALID_DATA)));
         // Within one frame that has only partly arrived.
         let mut d = Decoder::new(1024);
-        let mut wire = masked(0x81, &[b'a', b'b', 0xf4, 0x90, 0x80, 0x80, b'c', b'd', b'e', b'f']);
+        let mut wire = masked(
+            0x81,
+            &[b'a', b'b', 0xf4, 0x90, 0x80, 0x80, b'c', b'd', b'e', b'f'],
+        );
         wire.truncate(2 + 4 + 6);
         let mut buf = BytesMut::from(&wire[..]);
         assert_eq!(d.next(&mut buf), Err(Violation(close::INVALID_DATA)));
@@ -444,12 +470,17 @@ mod tests {
         buf.extend_from_slice(&masked(0x80, &[0xba]));
         assert_eq!(d.next(&mut buf), Ok(Some(Incoming::Text("κ".into()))));
         let mut buf = BytesMut::from(&masked(0x81, &[b'a', 0xce])[..]);
-        assert_eq!(Decoder::new(1024).next(&mut buf), Err(Violation(close::INVALID_DATA)));
+        assert_eq!(
+            Decoder::new(1024).next(&mut buf),
+            Err(Violation(close::INVALID_DATA))
+        );
     }
 
     #[test]
     fn unmasks_at_any_offset_and_interleaves_control_frames() {
-        let text: String = (0..1000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let text: String = (0..1000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         let wire = masked(0x81, text.as_bytes());
         for step in [1usize, 3, 7, 8, 13, 64] {
             let mut d = Decoder::new(4096);
@@ -467,7 +498,10 @@ mod tests {
         let mut buf = BytesMut::from(&masked(0x02, &[1, 2])[..]);
         buf.extend_from_slice(&masked(0x89, b"hi"));
         buf.extend_from_slice(&masked(0x80, &[3]));
-        assert_eq!(d.next(&mut buf), Ok(Some(Incoming::Ping(Bytes::from_static(b"hi")))));
+        assert_eq!(
+            d.next(&mut buf),
+            Ok(Some(Incoming::Ping(Bytes::from_static(b"hi"))))
+        );
         assert_eq!(d.next(&mut buf), Ok(Some(Incoming::Binary(vec![1, 2, 3]))));
     }
 
