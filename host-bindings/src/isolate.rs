@@ -4,6 +4,7 @@ use crate::host_api::{HostApi, LogLevel};
 use crate::modules::{looks_like_es_module, read_mim_file, MimModuleLoader};
 use crate::natives::{host_object, Bindings};
 use crate::request::HttpRequest;
+use crate::net::ClientEvent;
 use crate::ws::WsEvent;
 use boa_engine::builtins::promise::PromiseState;
 use boa_engine::{js_string, Context, JsError, JsObject, JsResult, JsString, JsValue, Source};
@@ -58,6 +59,7 @@ pub struct Isolate {
     handle_http: JsObject,
     handle_ws: JsObject,
     run_timers: JsObject,
+    handle_client: JsObject,
 }
 
 impl Isolate {
@@ -83,6 +85,7 @@ impl Isolate {
             root: root.clone(),
             started: Instant::now(),
         });
+        context.insert_data(crate::net_natives::HandlerLoader(loader.clone()));
         let entry = root.join(&spec.entry);
         let described = |e: JsError, ctx: &mut Context| LoadError(describe(&e, &root, ctx));
         let mim = run_prelude(spec, &root, &mut context).map_err(|e| described(e, &mut context))?;
@@ -102,6 +105,7 @@ impl Isolate {
         let handle_http = function("handleHttp", &mut context)?;
         let handle_ws = function("handleWs", &mut context)?;
         let run_timers = function("runTimers", &mut context)?;
+        let handle_client = function("handleClient", &mut context)?;
         Ok(Self {
             context,
             host,
@@ -109,6 +113,7 @@ impl Isolate {
             handle_http,
             handle_ws,
             run_timers,
+            handle_client,
         })
     }
 
@@ -149,6 +154,25 @@ impl Isolate {
             self.host.log(
                 LogLevel::Error,
                 &format!("{} websocket event failed: {message}", self.name),
+            );
+        }
+        self.run_jobs();
+    }
+
+    /// Delivers one event of an outbound `sdk/net` client to its handler module.
+    pub fn handle_client(&mut self, event: &ClientEvent) {
+        let result = serde_json::to_value(event)
+            .map_err(JsError::from_rust)
+            .and_then(|json| JsValue::from_json(&json, &mut self.context))
+            .and_then(|ev| {
+                self.handle_client
+                    .call(&JsValue::undefined(), &[ev], &mut self.context)
+            });
+        if let Err(e) = result {
+            let message = describe(&e, Path::new(""), &mut self.context);
+            self.host.log(
+                LogLevel::Error,
+                &format!("{} websocket client event failed: {message}", self.name),
             );
         }
         self.run_jobs();
@@ -218,6 +242,7 @@ fn run_prelude(spec: &MimSpec, root: &Path, ctx: &mut Context) -> JsResult<JsObj
         "httpPort": spec.http_port,
         "nodeId": spec.node_id,
         "root": root.to_string_lossy(),
+        "entry": root.join(&spec.entry).to_string_lossy(),
         "module": {"exports": {}},
     });
     let mim = JsValue::from_json(&info, ctx)?;

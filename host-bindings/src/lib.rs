@@ -9,6 +9,8 @@ mod isolate;
 mod jobs;
 mod modules;
 mod natives;
+mod net;
+mod net_natives;
 pub mod nesting;
 mod request;
 mod ws;
@@ -16,4 +18,8 @@ mod ws;
 pub use host_api::{HostApi, LogLevel, Storage, StorageError};
 pub use isolate::{Isolate, LoadError, MimSpec};
 pub use request::HttpRequest;
+pub use net::{
+    resolve_handler, ClientAnswer, ClientCall, ClientData, ClientEvent, ClientOp,
+    MAX_CLIENTS_PER_CONTAINER, MAX_QUEUED_CLIENT_SENDS,
+};
 pub use ws::{SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};

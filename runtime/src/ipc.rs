@@ -4,7 +4,10 @@
 //! Writers batch many frames into one `write`; readers parse every complete frame
 //! out of what one `read` returned.
 
-use mimhost_bindings::{HttpRequest, MimSpec, WsAnswer, WsEvent, WsOp, WsQuery};
+use mimhost_bindings::{
+    ClientAnswer, ClientCall, ClientEvent, ClientOp, HttpRequest, MimSpec, WsAnswer, WsEvent, WsOp,
+    WsQuery,
+};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -44,6 +47,16 @@ pub enum ToWorker {
     },
     /// Flush the store and exit.
     Shutdown,
+    /// An event of an outbound `sdk/net` client for its handler module;
+    /// acknowledged by [`FromWorker::Done`] like a session event (same sequence).
+    WsClient {
+        /// Sequence number, increasing per worker (shared with [`ToWorker::Ws`]).
+        seq: u64,
+        /// The event.
+        event: ClientEvent,
+    },
+    /// The answer to the worker's pending [`FromWorker::WsClientCall`].
+    WsClientAnswer(ClientAnswer),
 }
 
 /// Worker -> host.
@@ -123,6 +136,10 @@ pub enum FromWorker {
         /// The line.
         message: String,
     },
+    /// An `sdk/net` call the worker blocks on until [`ToWorker::WsClientAnswer`] arrives.
+    WsClientCall(ClientCall),
+    /// A one-way operation on an outbound client (send, close).
+    WsClientOp(ClientOp),
 }
 
 /// A frame that could not be decoded.

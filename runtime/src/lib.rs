@@ -2,6 +2,7 @@
 //! per container, each running the container's JavaScript in Boa.
 
 pub mod config;
+pub mod endpoints;
 pub mod host;
 pub mod http;
 pub mod hub;

@@ -116,6 +116,7 @@ pub async fn serve(files: &[(&str, &str)]) -> (Mims, Host) {
 pub struct Host {
     process: HostProcess,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
     client: reqwest::Client,
     _data: TempDir,
 }
@@ -130,6 +131,16 @@ impl Host {
     /// `&["--max-body", "1024"]` or `&["--no-watch"]`; a flag given here
     /// replaces the default value of the same flag.
     pub async fn start_with(mims: &Path, extra: &[&str]) -> Host {
+        Self::start_with_env(mims, extra, &[]).await
+    }
+
+    /// [`Host::start_with`] with extra environment variables for the host process
+    /// (e.g. `SSL_CERT_FILE`).
+    pub async fn start_with_env(mims: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Host {
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let data = TempDir::new().expect("create temp dir for --data");
         let mut args: Vec<String> = vec![
             "serve".into(),
@@ -150,8 +161,9 @@ impl Host {
             .build()
             .expect("build HTTP client");
         Host {
-            process: HostProcess::spawn(&args).await,
+            process: HostProcess::spawn(&args, &envs).await,
             args,
+            envs,
             client,
             _data: data,
         }
@@ -243,7 +255,7 @@ impl Host {
     /// and `--data` (on a new port; stderr starts empty).
     pub async fn restart(&mut self) {
         self.kill9();
-        self.process = HostProcess::spawn(&self.args).await;
+        self.process = HostProcess::spawn(&self.args, &self.envs).await;
     }
 }
 
@@ -258,7 +270,7 @@ struct HostProcess {
 impl HostProcess {
     /// Spawns `mimhost <args>` in its own process group and waits for its
     /// `listening on http://...` line on stdout.
-    async fn spawn(args: &[String]) -> HostProcess {
+    async fn spawn(args: &[String], envs: &[(String, String)]) -> HostProcess {
         use std::os::unix::process::CommandExt;
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_mimhost"));
@@ -274,6 +286,7 @@ impl HostProcess {
                 command.env_remove(key);
             }
         }
+        command.envs(envs.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn().expect("spawn mimhost");
         let stderr = Arc::new(Mutex::new(String::new()));
         collect_lines(child.stderr.take().expect("piped stderr"), stderr.clone());

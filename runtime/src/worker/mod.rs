@@ -106,7 +106,13 @@ fn serve(stream: UnixStream) -> i32 {
                     }
                     done_seq = Some(seq);
                 }
-                ToWorker::WsAnswer(_) => {}
+                ToWorker::WsClient { seq, event } => {
+                    if let Some(l) = loaded.as_mut() {
+                        guarded(&host, l, |isolate| isolate.handle_client(&event));
+                    }
+                    done_seq = Some(seq);
+                }
+                ToWorker::WsAnswer(_) | ToWorker::WsClientAnswer(_) => {}
             }
         }
         if let Some(seq) = done_seq {
