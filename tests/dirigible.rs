@@ -51,6 +51,13 @@ struct Echo {
     seen: Seen,
 }
 
+impl std::ops::Deref for Echo {
+    type Target = Seen;
+    fn deref(&self) -> &Seen {
+        &self.seen
+    }
+}
+
 impl Echo {
     async fn start() -> Echo {
         Self::start_tls(None).await
