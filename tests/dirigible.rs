@@ -41,7 +41,11 @@ impl Seen {
             async move { found.then_some(()) }
         })
         .await;
-        assert!(seen.is_some(), "the echo server never saw {what:?}: {:?}", self.all());
+        assert!(
+            seen.is_some(),
+            "the echo server never saw {what:?}: {:?}",
+            self.all()
+        );
     }
 }
 
@@ -146,10 +150,7 @@ fn tls_server() -> (tokio_rustls::TlsAcceptor, String) {
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], der)
         .expect("server config");
-    (
-        tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-        ca.pem(),
-    )
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca.pem())
 }
 
 // ---------- talking to the host ----------
@@ -205,7 +206,10 @@ async fn wait_json(host: &Host, path: &str, what: &str, done: impl Fn(&Value) ->
             }
         }
         if std::time::Instant::now() > deadline {
-            panic!("{what}: GET {path} never got there; last: {last}\nhost stderr:\n{}", host.stderr());
+            panic!(
+                "{what}: GET {path} never got there; last: {last}\nhost stderr:\n{}",
+                host.stderr()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -481,7 +485,8 @@ async fn endpoint_handlers_get_every_event_in_order_and_reply_by_return() {
 
     ws.close(None).await.expect("close");
     let calls = wait_json(&host, "/ep/calls", "onClose recorded", |c| {
-        c.as_array().is_some_and(|a| a.last().is_some_and(|l| l["name"] == "onClose"))
+        c.as_array()
+            .is_some_and(|a| a.last().is_some_and(|l| l["name"] == "onClose"))
     })
     .await;
     let names: Vec<&str> = calls
@@ -492,7 +497,16 @@ async fn endpoint_handlers_get_every_event_in_order_and_reply_by_return() {
         .collect();
     assert_eq!(
         names,
-        ["onOpen", "onMessage", "onMessage", "onMessage", "onMessage", "onMessage", "onMessage", "onClose"]
+        [
+            "onOpen",
+            "onMessage",
+            "onMessage",
+            "onMessage",
+            "onMessage",
+            "onMessage",
+            "onMessage",
+            "onClose"
+        ]
     );
     let first_message = &calls[1];
     assert_eq!(first_message["args"], json!(["a", session]));
@@ -531,7 +545,10 @@ async fn unknown_endpoints_404_and_a_taken_endpoint_is_refused_409() {
     let image = tar_of(&[
         ("index.js", "exports.get = () => ({body: 'dup'});"),
         ("h.js", "exports.onMessage = () => 'dup';"),
-        ("dup.websocket", r#"{"handler": "h", "endpoint": "recorded"}"#),
+        (
+            "dup.websocket",
+            r#"{"handler": "h", "endpoint": "recorded"}"#,
+        ),
     ]);
     let image_id = upload(&host, "dup", &image).await;
     let reply = send(
@@ -541,7 +558,10 @@ async fn unknown_endpoints_404_and_a_taken_endpoint_is_refused_409() {
     )
     .await;
     let message = reply.assert_error(409);
-    assert!(message.contains("recorded") && message.contains("'ep'"), "{message}");
+    assert!(
+        message.contains("recorded") && message.contains("'ep'"),
+        "{message}"
+    );
 
     // The same image without the clash deploys; a hot swap to one with it is 409
     // and the previous version keeps serving.
@@ -573,10 +593,7 @@ async fn unknown_endpoints_404_and_a_taken_endpoint_is_refused_409() {
     assert_eq!(host.get("/fine/").await.body, "fine");
 
     // A drop-in mim that takes a served endpoint is logged and not started.
-    mims.write(
-        "thief/index.js",
-        "exports.get = () => ({body: 'thief'});",
-    );
+    mims.write("thief/index.js", "exports.get = () => ({body: 'thief'});");
     mims.write("thief/h.js", "exports.onMessage = () => 'stolen';");
     mims.write(
         "thief/t.websocket",
@@ -624,7 +641,9 @@ async fn client_sends_queue_before_open_and_close_follows_them() {
         ["connect", "one", "two", "three", "close:1000"]
     );
     let log = wait_json(&host, "/driver/events", "onClose", |l| {
-        kinds(&events_of(l, &id)).last().is_some_and(|k| k == "close")
+        kinds(&events_of(l, &id))
+            .last()
+            .is_some_and(|k| k == "close")
     })
     .await;
     let events = events_of(&log, &id);
@@ -632,13 +651,25 @@ async fn client_sends_queue_before_open_and_close_follows_them() {
     assert_eq!(events[0]["method"], "onopen");
     assert_eq!(events[0]["open"], true);
     let last = events.last().expect("close");
-    assert_eq!((last["method"].clone(), last["close"].clone()), (json!("onclose"), json!(true)));
+    assert_eq!(
+        (last["method"].clone(), last["close"].clone()),
+        (json!("onclose"), json!(true))
+    );
     // A closed client leaves the list, and sending on it is a clear error.
     assert_eq!(get_json(&host, "/driver/clients").await, json!([]));
-    assert_eq!(get_json(&host, &format!("/driver/client/{id}")).await, Value::Null);
+    assert_eq!(
+        get_json(&host, &format!("/driver/client/{id}")).await,
+        Value::Null
+    );
     let (status, reply) = post_json(&host, &format!("/driver/send/{id}"), json!("late")).await;
     assert_eq!(status, 400);
-    assert!(reply["error"].as_str().expect("error").contains("is closed"), "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .expect("error")
+            .contains("is closed"),
+        "{reply}"
+    );
     // Outside an event sdk/net says so.
     assert_eq!(
         get_json(&host, "/driver/outside").await,
@@ -652,7 +683,10 @@ async fn open_clients_relay_messages_and_are_listed_as_plain_data() {
     let mims = driver_mims();
     let host = Host::start(&mims.path()).await;
     let id = create(&host, json!({"uri": upstream.uri()})).await;
-    wait_json(&host, "/driver/events", "onOpen", |l| !events_of(l, &id).is_empty()).await;
+    wait_json(&host, "/driver/events", "onOpen", |l| {
+        !events_of(l, &id).is_empty()
+    })
+    .await;
 
     let clients = get_json(&host, "/driver/clients").await;
     assert_eq!(
@@ -661,7 +695,10 @@ async fn open_clients_relay_messages_and_are_listed_as_plain_data() {
     );
     let by_handler = get_json(&host, "/driver/by-handler/client-handler").await;
     assert_eq!(by_handler["id"], id.as_str());
-    assert_eq!(get_json(&host, "/driver/by-handler/other").await, Value::Null);
+    assert_eq!(
+        get_json(&host, "/driver/by-handler/other").await,
+        Value::Null
+    );
 
     let sent = post_json(&host, &format!("/driver/send/{id}"), json!("ping")).await;
     assert_eq!(sent.0, 200, "{}", sent.1);
@@ -675,7 +712,10 @@ async fn open_clients_relay_messages_and_are_listed_as_plain_data() {
         .expect("message event")
         .clone();
     assert_eq!(message["message"], "\"ping\"");
-    assert_eq!((message["method"].clone(), message["msg"].clone()), (json!("onmessage"), json!(true)));
+    assert_eq!(
+        (message["method"].clone(), message["msg"].clone()),
+        (json!("onmessage"), json!(true))
+    );
     // onMessage's return value is not sent back to a client.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.count("ignored"), 0, "{:?}", upstream.all());
@@ -692,28 +732,51 @@ async fn bad_clients_get_clear_errors_and_disturb_nothing() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let id = create(&host, json!({"uri": format!("ws://127.0.0.1:{closed_port}/")})).await;
+    let id = create(
+        &host,
+        json!({"uri": format!("ws://127.0.0.1:{closed_port}/")}),
+    )
+    .await;
     let log = wait_json(&host, "/driver/events", "onClose", |l| {
         kinds(&events_of(l, &id)) == ["error", "close"]
     })
     .await;
     let error = &events_of(&log, &id)[0];
-    assert!(error["error"].as_str().expect("error text").contains("refused"), "{error}");
-    assert_eq!((error["method"].clone(), error["err"].clone()), (json!("onerror"), json!(true)));
+    assert!(
+        error["error"]
+            .as_str()
+            .expect("error text")
+            .contains("refused"),
+        "{error}"
+    );
+    assert_eq!(
+        (error["method"].clone(), error["err"].clone()),
+        (json!("onerror"), json!(true))
+    );
 
     // Bad URIs and a missing handler module are refused at once.
     for (body, wanted) in [
         (json!({"uri": "http://127.0.0.1/"}), "ws:// or wss://"),
         (json!({"uri": "not a uri"}), "ws:// or wss://"),
-        (json!({"uri": upstream.uri(), "handler": "my-project/nope"}), "not found"),
+        (
+            json!({"uri": upstream.uri(), "handler": "my-project/nope"}),
+            "not found",
+        ),
     ] {
         let (status, reply) = post_json(&host, "/driver/create", body).await;
         assert_eq!(status, 400, "{reply}");
-        assert!(reply["error"].as_str().expect("error").contains(wanted), "{reply}");
+        assert!(
+            reply["error"].as_str().expect("error").contains(wanted),
+            "{reply}"
+        );
     }
 
     // A handler that throws is logged; the client stays open and keeps working.
-    let id = create(&host, json!({"uri": upstream.uri(), "handler": "throwing-handler", "send": ["1", "2"]})).await;
+    let id = create(
+        &host,
+        json!({"uri": upstream.uri(), "handler": "throwing-handler", "send": ["1", "2"]}),
+    )
+    .await;
     host.wait_for_log("boom from the handler", WAIT).await;
     let log = wait_json(&host, "/driver/events", "both messages", |l| {
         events_of(l, &id).len() == 2
@@ -721,16 +784,36 @@ async fn bad_clients_get_clear_errors_and_disturb_nothing() {
     .await;
     assert_eq!(events_of(&log, &id)[1]["message"], "2");
     let clients = get_json(&host, "/driver/clients").await;
-    assert!(clients.as_array().expect("list").iter().any(|c| c["id"] == id.as_str()), "{clients}");
+    assert!(
+        clients
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|c| c["id"] == id.as_str()),
+        "{clients}"
+    );
 
     // More than 256 clients: a clear error past the limit.
-    let (_, reply) = post_json(&host, "/driver/many", json!({"uri": upstream.uri(), "n": 300})).await;
+    let (_, reply) = post_json(
+        &host,
+        "/driver/many",
+        json!({"uri": upstream.uri(), "n": 300}),
+    )
+    .await;
     assert_eq!(reply["ids"].as_array().expect("ids").len(), 255, "{reply}");
-    assert!(reply["error"].as_str().expect("error").contains("256"), "{reply}");
+    assert!(
+        reply["error"].as_str().expect("error").contains("256"),
+        "{reply}"
+    );
     let (_, left) = post_json(&host, "/driver/close-all", json!({})).await;
     assert_eq!(left["left"], 0);
     wait_json(&host, "/driver/events", "every close", |l| {
-        l.as_array().expect("log").iter().filter(|e| e["kind"] == "close").count() >= 256
+        l.as_array()
+            .expect("log")
+            .iter()
+            .filter(|e| e["kind"] == "close")
+            .count()
+            >= 256
     })
     .await;
     // Room again.
@@ -743,22 +826,36 @@ async fn clients_outlive_a_worker_restart_and_close_with_their_container() {
     let mims = driver_mims();
     let host = Host::start(&mims.path()).await;
     let id = create(&host, json!({"uri": upstream.uri()})).await;
-    wait_json(&host, "/driver/events", "onOpen", |l| !events_of(l, &id).is_empty()).await;
+    wait_json(&host, "/driver/events", "onOpen", |l| {
+        !events_of(l, &id).is_empty()
+    })
+    .await;
 
     // A runaway handler gets the worker killed and restarted.
     let spin = host.get("/driver/spin").await;
     assert_eq!(spin.status, 504, "{spin:?}");
     host.wait_for_log("worker restarted", WAIT).await;
-    let clients = wait_json(&host, "/driver/clients", "the client after the restart", |c| {
-        c.as_array().is_some_and(|a| !a.is_empty())
-    })
+    let clients = wait_json(
+        &host,
+        "/driver/clients",
+        "the client after the restart",
+        |c| c.as_array().is_some_and(|a| !a.is_empty()),
+    )
     .await;
     assert_eq!(clients[0]["id"], id.as_str());
-    let sent = post_json(&host, &format!("/driver/lookup-send/{id}"), json!("after restart")).await;
+    let sent = post_json(
+        &host,
+        &format!("/driver/lookup-send/{id}"),
+        json!("after restart"),
+    )
+    .await;
     assert_eq!(sent.0, 200, "{}", sent.1);
-    let log = wait_json(&host, "/driver/events", "the new worker hears the client", |l| {
-        events_of(l, &id).iter().any(|e| e["kind"] == "message")
-    })
+    let log = wait_json(
+        &host,
+        "/driver/events",
+        "the new worker hears the client",
+        |l| events_of(l, &id).iter().any(|e| e["kind"] == "message"),
+    )
     .await;
     assert_eq!(events_of(&log, &id)[0]["message"], "\"after restart\"");
     assert_eq!(upstream.count("close"), 0, "{:?}", upstream.all());
@@ -798,12 +895,19 @@ async fn wss_clients_trust_ssl_cert_file_and_refuse_other_certificates() {
     assert_eq!(kinds(&events_of(&log, &id)), ["open", "message"]);
     assert_eq!(trusted.all()[..2], ["connect", "secret"]);
 
-    let bad = create(&host, json!({"uri": format!("wss://127.0.0.1:{}/", untrusted.port)})).await;
+    let bad = create(
+        &host,
+        json!({"uri": format!("wss://127.0.0.1:{}/", untrusted.port)}),
+    )
+    .await;
     let log = wait_json(&host, "/driver/events", "the TLS failure", |l| {
         kinds(&events_of(l, &bad)) == ["error", "close"]
     })
     .await;
-    let error = events_of(&log, &bad)[0]["error"].as_str().expect("error").to_string();
+    let error = events_of(&log, &bad)[0]["error"]
+        .as_str()
+        .expect("error")
+        .to_string();
     assert!(error.to_lowercase().contains("certificate"), "{error}");
     assert_eq!(untrusted.count("connect"), 0);
 }
@@ -830,8 +934,12 @@ async fn a_thousand_clients_open_and_close_without_leaking() {
         let host = &host;
         let uri = upstream.uri();
         async move {
-            let (status, reply) =
-                post_json(host, "/driver/many", json!({"uri": uri, "n": n, "close": true})).await;
+            let (status, reply) = post_json(
+                host,
+                "/driver/many",
+                json!({"uri": uri, "n": n, "close": true}),
+            )
+            .await;
             assert_eq!(status, 200, "{reply}");
             assert!(reply["error"].is_null(), "{reply}");
             wait_json(host, "/driver/clients", "all closed", |c| c == &json!([])).await;
@@ -881,11 +989,16 @@ async fn a_thousand_clients_open_and_close_without_leaking() {
 
 /// The repository's `mims/<name>` copied into `mims`.
 fn copy_repo_mim(mims: &Mims, name: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mims").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mims")
+        .join(name);
     for entry in std::fs::read_dir(&dir).expect("read the repo mim") {
         let entry = entry.expect("entry");
         let text = std::fs::read_to_string(entry.path()).expect("read");
-        mims.write(&format!("{name}/{}", entry.file_name().to_string_lossy()), &text);
+        mims.write(
+            &format!("{name}/{}", entry.file_name().to_string_lossy()),
+            &text,
+        );
     }
 }
 
@@ -944,7 +1057,10 @@ async fn upload(host: &Host, name: &str, tar: &[u8]) -> String {
     let reply = send(
         host.request(Method::POST, "/mcm/v1/images")
             .bearer_auth(TOKEN)
-            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
             .body(body),
     )
     .await;

@@ -3,8 +3,8 @@
 use crate::host_api::{HostApi, LogLevel};
 use crate::modules::{looks_like_es_module, read_mim_file, MimModuleLoader};
 use crate::natives::{host_object, Bindings};
-use crate::request::HttpRequest;
 use crate::net::ClientEvent;
+use crate::request::HttpRequest;
 use crate::ws::WsEvent;
 use boa_engine::builtins::promise::PromiseState;
 use boa_engine::{js_string, Context, JsError, JsObject, JsResult, JsString, JsValue, Source};

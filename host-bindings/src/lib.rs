@@ -9,17 +9,17 @@ mod isolate;
 mod jobs;
 mod modules;
 mod natives;
+pub mod nesting;
 mod net;
 mod net_natives;
-pub mod nesting;
 mod request;
 mod ws;
 
 pub use host_api::{HostApi, LogLevel, Storage, StorageError};
 pub use isolate::{Isolate, LoadError, MimSpec};
-pub use request::HttpRequest;
 pub use net::{
     resolve_handler, ClientAnswer, ClientCall, ClientData, ClientEvent, ClientOp,
     MAX_CLIENTS_PER_CONTAINER, MAX_QUEUED_CLIENT_SENDS,
 };
+pub use request::HttpRequest;
 pub use ws::{SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};

@@ -92,7 +92,10 @@ pub struct ClientEvent {
 /// no folder of the mim dropped (Dirigible's project name: seed 002's
 /// `"my-project/ws-handler"` is `ws-handler.js`). The error says what was looked for.
 pub fn resolve_handler(root: &Path, handler: &str) -> Result<PathBuf, String> {
-    let trimmed = handler.trim().trim_start_matches("./").trim_start_matches('/');
+    let trimmed = handler
+        .trim()
+        .trim_start_matches("./")
+        .trim_start_matches('/');
     let trimmed = trimmed.trim_end_matches('/');
     if trimmed.is_empty() {
         return Err("the handler is empty: name a module of the mim, like \"ws-handler\"".into());
@@ -116,7 +119,9 @@ mod tests {
         std::fs::write(dir.join("ws-handler.js"), "exports.onOpen = () => 1;").unwrap();
         std::fs::create_dir(dir.join("lib")).unwrap();
         std::fs::write(dir.join("lib/h.js"), "").unwrap();
-        let found = |h: &str| resolve_handler(&dir, h).map(|p| p.strip_prefix(&dir).unwrap().display().to_string());
+        let found = |h: &str| {
+            resolve_handler(&dir, h).map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
+        };
         assert_eq!(found("my-project/ws-handler").unwrap(), "ws-handler.js");
         assert_eq!(found("ws-handler").unwrap(), "ws-handler.js");
         assert_eq!(found("ws-handler.js").unwrap(), "ws-handler.js");

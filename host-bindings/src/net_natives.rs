@@ -9,8 +9,7 @@ use boa_engine::builtins::promise::PromiseState;
 use boa_engine::object::builtins::JsArray;
 use boa_engine::object::ObjectInitializer;
 use boa_engine::{
-    js_string, Context, JsArgs, JsError, JsNativeError, JsResult, JsString, JsValue,
-    NativeFunction,
+    js_string, Context, JsArgs, JsError, JsNativeError, JsResult, JsString, JsValue, NativeFunction,
 };
 use std::rc::Rc;
 

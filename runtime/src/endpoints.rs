@@ -101,7 +101,8 @@ pub fn discover(spec: &MimSpec) -> Result<Vec<Endpoint>, EndpointError> {
     let mim_json = root.join("mim.json");
     if mim_json.is_file() {
         let text = read(&root, &mim_json)?;
-        let parsed: MimJson = serde_json::from_str(&text).map_err(|e| json_error(&root, &mim_json, &e))?;
+        let parsed: MimJson =
+            serde_json::from_str(&text).map_err(|e| json_error(&root, &mim_json, &e))?;
         for value in parsed.websocket {
             let endpoint: Endpoint =
                 serde_json::from_value(value).map_err(|e| json_error(&root, &mim_json, &e))?;
@@ -187,7 +188,10 @@ fn descriptor_files(root: &Path) -> Vec<PathBuf> {
 }
 
 fn relative(root: &Path, file: &Path) -> String {
-    file.strip_prefix(root).unwrap_or(file).display().to_string()
+    file.strip_prefix(root)
+        .unwrap_or(file)
+        .display()
+        .to_string()
 }
 
 fn read(root: &Path, file: &Path) -> Result<String, EndpointError> {
@@ -252,11 +256,24 @@ mod tests {
         let e = discover(&spec_in(d)).unwrap_err().to_string();
         assert!(e.starts_with("a.websocket:1:"), "{e}");
         std::fs::write(d.join("a.websocket"), r#"{"handler":"h","endpoint":"a/b"}"#).unwrap();
-        assert!(matches!(discover(&spec_in(d)), Err(EndpointError::BadName { .. })));
-        std::fs::write(d.join("a.websocket"), r#"{"handler":"nope","endpoint":"a"}"#).unwrap();
-        assert!(matches!(discover(&spec_in(d)), Err(EndpointError::NoHandler { .. })));
+        assert!(matches!(
+            discover(&spec_in(d)),
+            Err(EndpointError::BadName { .. })
+        ));
+        std::fs::write(
+            d.join("a.websocket"),
+            r#"{"handler":"nope","endpoint":"a"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            discover(&spec_in(d)),
+            Err(EndpointError::NoHandler { .. })
+        ));
         std::fs::write(d.join("a.websocket"), r#"{"handler":"h","endpoint":"a"}"#).unwrap();
         std::fs::write(d.join("b.websocket"), r#"{"handler":"h","endpoint":"a"}"#).unwrap();
-        assert!(matches!(discover(&spec_in(d)), Err(EndpointError::Twice { .. })));
+        assert!(matches!(
+            discover(&spec_in(d)),
+            Err(EndpointError::Twice { .. })
+        ));
     }
 }

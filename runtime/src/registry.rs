@@ -142,7 +142,11 @@ impl Registry {
     /// Makes `wanted` the endpoints of `container` (replacing what it had); refuses,
     /// changing nothing, when another container serves one of them. Returns what the
     /// container had before.
-    fn claim_endpoints(&self, container: &str, wanted: &[Endpoint]) -> Result<Vec<Endpoint>, String> {
+    fn claim_endpoints(
+        &self,
+        container: &str,
+        wanted: &[Endpoint],
+    ) -> Result<Vec<Endpoint>, String> {
         let mut all = write(&self.endpoints);
         for e in wanted {
             if let Some((owner, _)) = all.get(&e.endpoint).filter(|(o, _)| o != container) {

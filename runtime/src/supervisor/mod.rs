@@ -8,9 +8,9 @@
 mod spawn;
 
 use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
-use bytes::Bytes;
 use crate::ws::client::ClientEvents;
 use crate::ws::clients::ClientSet;
+use bytes::Bytes;
 use mimhost_bindings::{
     ClientEvent, HttpRequest, MimSpec, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery,
 };

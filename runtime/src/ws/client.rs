@@ -148,12 +148,7 @@ fn tls() -> Result<Arc<rustls::ClientConfig>, String> {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map(|b| {
-                    Arc::new(
-                        b.with_root_certificates(roots)
-                            .with_no_client_auth(),
-                    )
-                })
+                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
                 .map_err(|e| format!("TLS setup failed: {e}"))
         })
         .clone()
@@ -216,8 +211,12 @@ async fn connect_and_relay(
     } else {
         Connector::Plain
     };
-    let connect =
-        tokio_tungstenite::connect_async_tls_with_config(uri, Some(config()), true, Some(connector));
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        uri,
+        Some(config()),
+        true,
+        Some(connector),
+    );
     let connected = tokio::select! {
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => r,
         _ = wait_stop(requests) => return None,
@@ -315,7 +314,10 @@ fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
             None => io.to_string(),
         },
         Error::Capacity(c) => format!("message over the {MAX_CLIENT_MESSAGE}-byte limit ({c})"),
-        Error::Http(resp) => format!("the server answered {} instead of switching to WebSocket", resp.status()),
+        Error::Http(resp) => format!(
+            "the server answered {} instead of switching to WebSocket",
+            resp.status()
+        ),
         other => other.to_string(),
     }
 }

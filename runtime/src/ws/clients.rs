@@ -28,7 +28,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ClientSet {
     /// Answers an `sdk/net` call of the container's code; `root` is the mim's folder
     /// (handlers are checked there) and `events` where new clients' events go.
-    pub fn call(&self, call: ClientCall, root: &Path, events: Weak<dyn ClientEvents>) -> ClientAnswer {
+    pub fn call(
+        &self,
+        call: ClientCall,
+        root: &Path,
+        events: Weak<dyn ClientEvents>,
+    ) -> ClientAnswer {
         match call {
             ClientCall::Create { uri, handler } => match self.create(uri, handler, root, events) {
                 Ok(data) => ClientAnswer::Client(Some(data)),
@@ -79,11 +84,16 @@ impl ClientSet {
             open: false,
         };
         let list = Arc::downgrade(&self.clients);
-        let client = client::start(data.clone(), MAX_QUEUED_CLIENT_SENDS, events.clone(), move |id| {
-            if let Some(list) = list.upgrade() {
-                lock(&list).retain(|c| c.data().id != id);
-            }
-        });
+        let client = client::start(
+            data.clone(),
+            MAX_QUEUED_CLIENT_SENDS,
+            events.clone(),
+            move |id| {
+                if let Some(list) = list.upgrade() {
+                    lock(&list).retain(|c| c.data().id != id);
+                }
+            },
+        );
         all.push(client);
         Ok(data)
     }
