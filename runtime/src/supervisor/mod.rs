@@ -285,7 +285,9 @@ impl Supervisor {
             return Err(e);
         }
         self.catch_up(&live);
-        *lock(&self.live) = Some(live);
+        if !self.go_live(live.clone(), false) {
+            kill(&live, "the container stopped while it was starting");
+        }
         self.ready.notify_waiters();
         Ok(())
     }
@@ -294,11 +296,26 @@ impl Supervisor {
     /// sessions, and hands over the events that waited for it.
     fn catch_up(&self, live: &Live) {
         self.resume_sessions(live);
-        let errors = std::mem::take(&mut *lock(&self.dropped));
-        let waiting = std::mem::take(&mut *lock(&self.waiting));
-        for event in errors.into_iter().chain(waiting) {
+        for event in std::mem::take(&mut *lock(&self.dropped)) {
             self.send_event(live, event);
         }
+    }
+
+    /// Makes `live` the worker that gets invocations (unless `only_if_none` and one
+    /// already is, or the container stopped), first handing it the events that
+    /// waited. Both happen under the `waiting` lock, which [`Self::deliver`] takes
+    /// when no worker is live, so no event is left behind between the two.
+    fn go_live(&self, live: Arc<Live>, only_if_none: bool) -> bool {
+        let mut waiting = lock(&self.waiting);
+        let mut current = lock(&self.live);
+        if (only_if_none && current.is_some()) || self.stopped.load(Ordering::Relaxed) {
+            return false;
+        }
+        for event in waiting.drain(..) {
+            self.send_event(&live, event);
+        }
+        *current = Some(live);
+        true
     }
 
     /// Tells the worker about every open session (a `resume` event each, no handler call).
@@ -331,9 +348,17 @@ impl Supervisor {
 
     /// Hands an event to the live worker, or keeps it for the next one.
     fn deliver(&self, event: Inbound) {
+        if let Some(live) = self.current() {
+            return self.send_event(&live, event);
+        }
+        let mut waiting = lock(&self.waiting);
+        // Checked again under the lock `go_live` holds while it drains the queue.
         match self.current() {
-            Some(live) => self.send_event(&live, event),
-            None => lock(&self.waiting).push(event),
+            Some(live) => {
+                drop(waiting);
+                self.send_event(&live, event);
+            }
+            None => waiting.push(event),
         }
     }
 
@@ -607,12 +632,10 @@ impl Supervisor {
         let _ = live.to_worker.send(ToWorker::Ping { id: ping });
         if tokio::time::timeout(PING_GRACE, rx).await.is_ok() {
             if paused {
-                let mut current = lock(&self.live);
-                if current.is_none() && !self.stopped.load(Ordering::Relaxed) {
-                    live.replace.store(false, Ordering::Relaxed);
-                    *current = Some(live.clone());
+                live.replace.store(false, Ordering::Relaxed);
+                if !self.go_live(live.clone(), true) {
+                    live.replace.store(true, Ordering::Relaxed);
                 }
-                drop(current);
                 self.ready.notify_waiters();
             }
             return;

@@ -186,6 +186,7 @@ async fn run(
     };
     let requests = client.requests.clone();
     let error = connect_and_relay(&client, &uri, &mut sends, &requests, &emit).await;
+    tracing::debug!(client = %id, %uri, "outbound WebSocket client done");
     sends.close();
     finished(&id);
     if let Some(e) = error {
@@ -240,6 +241,7 @@ async fn connect_and_relay(
                 return None;
             }
             _ = requests.close_wake.notified() => {
+                tracing::debug!("outbound WebSocket client: closing");
                 // Everything queued before close() goes first.
                 while let Ok(text) = sends.try_recv() {
                     if let Err(e) = ws.send(Message::text(text)).await {
