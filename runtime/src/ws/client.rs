@@ -251,7 +251,7 @@ async fn connect_and_relay(
                 return close(&mut ws, CloseCode::Normal).await;
             }
             text = sends.recv() => {
-                let Some(text) = text else { return None };
+                let text = text?;
                 if let Err(e) = ws.send(Message::text(text)).await {
                     return Some(format!("send failed: {}", describe(&e)));
                 }
