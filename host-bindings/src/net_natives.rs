@@ -45,11 +45,18 @@ fn client_object(client: &ClientData, ctx: &mut Context) -> JsValue {
     init.build().into()
 }
 
-/// `__host.wsClientCall(json)`: a client, a list, or null; a refusal throws.
+/// `__host.wsClientCall(json)`: a client, a list, or null; a refusal throws. A
+/// client's handler module must exist in this isolate's code (checked here, where
+/// the code being loaded is known, also during a hot swap).
 fn ws_client_call(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let (host, root) = bindings(ctx)?;
     let call: ClientCall = serde_json::from_str(&text_arg(args, 0, ctx)?)
         .map_err(|e| JsNativeError::typ().with_message(format!("bad sdk/net call: {e}")))?;
+    if let ClientCall::Create { handler, .. } = &call {
+        resolve_handler(&root, handler).map_err(|e| {
+            JsError::from(JsNativeError::error().with_message(format!("createWebsocket: {e}")))
+        })?;
+    }
     match host.ws_client_call(call) {
         ClientAnswer::Client(Some(c)) => Ok(client_object(&c, ctx)),
         ClientAnswer::Client(None) => Ok(JsValue::null()),

@@ -369,12 +369,6 @@ impl Supervisor {
         self.deliver(Inbound::Session(event));
     }
 
-    /// How many outbound `sdk/net` clients the container holds (open, opening or
-    /// closing).
-    pub fn client_count(&self) -> usize {
-        self.clients.len()
-    }
-
     /// Kills a worker whose session event has run past the handler timeout.
     async fn watch_events(self: Arc<Self>) {
         let tick = (self.limits.handler_timeout / 4)
@@ -446,10 +440,9 @@ impl Supervisor {
             }
             FromWorker::Ws(op) => return self.events.on_ws(&self.name, op),
             FromWorker::WsClientCall(call) => {
-                let root = lock(&self.spec).root.clone();
                 let sink: std::sync::Weak<dyn ClientEvents> =
                     Arc::downgrade(&(self.clone() as Arc<dyn ClientEvents>));
-                let answer = self.clients.call(call, &root, sink);
+                let answer = self.clients.call(call, sink);
                 let _ = live.to_worker.send(ToWorker::WsClientAnswer(answer));
                 return;
             }

@@ -241,7 +241,6 @@ async fn connect_and_relay(
                 return None;
             }
             _ = requests.close_wake.notified() => {
-                tracing::debug!("outbound WebSocket client: closing");
                 // Everything queued before close() goes first.
                 while let Ok(text) = sends.try_recv() {
                     if let Err(e) = ws.send(Message::text(text)).await {

@@ -4,10 +4,9 @@
 
 use super::client::{self, Client, ClientEvents};
 use mimhost_bindings::{
-    resolve_handler, ClientAnswer, ClientCall, ClientData, ClientEvent, ClientOp,
-    MAX_CLIENTS_PER_CONTAINER, MAX_QUEUED_CLIENT_SENDS,
+    ClientAnswer, ClientCall, ClientData, ClientEvent, ClientOp, MAX_CLIENTS_PER_CONTAINER,
+    MAX_QUEUED_CLIENT_SENDS,
 };
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -26,16 +25,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ClientSet {
-    /// Answers an `sdk/net` call of the container's code; `root` is the mim's folder
-    /// (handlers are checked there) and `events` where new clients' events go.
-    pub fn call(
-        &self,
-        call: ClientCall,
-        root: &Path,
-        events: Weak<dyn ClientEvents>,
-    ) -> ClientAnswer {
+    /// Answers an `sdk/net` call of the container's code (the worker has checked a
+    /// new client's handler module); `events` is where new clients' events go.
+    pub fn call(&self, call: ClientCall, events: Weak<dyn ClientEvents>) -> ClientAnswer {
         match call {
-            ClientCall::Create { uri, handler } => match self.create(uri, handler, root, events) {
+            ClientCall::Create { uri, handler } => match self.create(uri, handler, events) {
                 Ok(data) => ClientAnswer::Client(Some(data)),
                 Err(why) => ClientAnswer::Refused(why),
             },
@@ -61,15 +55,12 @@ impl ClientSet {
         &self,
         uri: String,
         handler: String,
-        root: &Path,
         events: Weak<dyn ClientEvents>,
     ) -> Result<ClientData, String> {
         if self.stopped.load(Ordering::Relaxed) {
             return Err("createWebsocket: the container is stopping".into());
         }
         client::check_uri(&uri).map_err(|e| e.to_string())?;
-        let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-        resolve_handler(&root, &handler).map_err(|e| format!("createWebsocket: {e}"))?;
         let mut all = lock(&self.clients);
         if all.len() >= MAX_CLIENTS_PER_CONTAINER {
             return Err(format!(
@@ -137,15 +128,5 @@ impl ClientSet {
         for c in lock(&self.clients).iter() {
             c.stop();
         }
-    }
-
-    /// How many clients exist (open, opening or closing).
-    pub fn len(&self) -> usize {
-        lock(&self.clients).len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
