@@ -1,6 +1,7 @@
 //! A real browser against the host: headless Debian Chromium, driven by
 //! playwright-core (`tests/browser/run.mjs`), opens the seed 003 chat page in two
-//! tabs and runs the seed 000 browser snippet on the notify dispatch channel.
+//! tabs, runs the seed 000 browser snippet on the notify dispatch channel, and seed
+//! 002's on the relay mim's Dirigible endpoint.
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `CHROMIUM`) and
 //! `(cd tests/browser && npm ci)`; without them the test fails when `CI=true` and is
@@ -80,6 +81,7 @@ async fn chromium_chats_in_two_tabs_and_receives_dispatched_events() {
     let mims = Mims::new();
     copy_repo_mim(&mims, "chat");
     copy_repo_mim(&mims, "notify");
+    copy_repo_mim(&mims, "relay");
     let host = support::Host::start(&mims.path()).await;
 
     let mut driver = tokio::process::Command::new("node");
@@ -136,6 +138,11 @@ async fn chromium_chats_in_two_tabs_and_receives_dispatched_events() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
+    // Seed 002: the page's message went through the relay's outbound client and back.
+    assert_eq!(
+        result["dirigible"]["received"],
+        serde_json::json!(["hello from chromium"])
+    );
     for line in [
         "Connected to WebSocket",
         "Event type: notification",

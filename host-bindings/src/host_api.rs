@@ -1,5 +1,6 @@
 //! The one narrow interface between a mim's JavaScript and the host process.
 
+use crate::net::{ClientAnswer, ClientCall, ClientOp};
 use crate::ws::{WsAnswer, WsOp, WsQuery};
 use std::fmt;
 
@@ -92,4 +93,12 @@ pub trait HostApi {
     /// Removes a file of the container's file area (`context.storage.deleteFile`);
     /// the path is already checked with [`crate::file_area_path`].
     fn delete_file(&self, path: &str);
+    /// An `sdk/net` call on outbound WebSocket clients whose answer the mim waits
+    /// for. Hosts that open no sockets (tests, benches) keep this refusal.
+    fn ws_client_call(&self, _call: ClientCall) -> ClientAnswer {
+        ClientAnswer::Refused("outbound WebSocket clients are not offered by this host".into())
+    }
+    /// A one-way operation on an outbound client (send, close), kept in order.
+    /// Hosts that open no sockets have no clients, so there is nothing to apply.
+    fn ws_client_op(&self, _op: ClientOp) {}
 }

@@ -3,6 +3,7 @@
 use crate::host_api::{HostApi, LogLevel};
 use crate::modules::{looks_like_es_module, read_mim_file, MimModuleLoader};
 use crate::natives::{host_object, Bindings};
+use crate::net::ClientEvent;
 use crate::request::HttpRequest;
 use crate::ws::WsEvent;
 use boa_engine::builtins::promise::PromiseState;
@@ -59,6 +60,7 @@ pub struct Isolate {
     handle_ws: JsObject,
     run_timers: JsObject,
     outbound_http: JsObject,
+    handle_client: JsObject,
 }
 
 impl Isolate {
@@ -84,6 +86,7 @@ impl Isolate {
             root: root.clone(),
             started: Instant::now(),
         });
+        context.insert_data(crate::net_natives::HandlerLoader(loader.clone()));
         let entry = root.join(&spec.entry);
         let described = |e: JsError, ctx: &mut Context| LoadError(describe(&e, &root, ctx));
         let mim = run_prelude(spec, &root, &mut context).map_err(|e| described(e, &mut context))?;
@@ -104,6 +107,7 @@ impl Isolate {
         let handle_ws = function("handleWs", &mut context)?;
         let run_timers = function("runTimers", &mut context)?;
         let outbound_http = function("outboundHttp", &mut context)?;
+        let handle_client = function("handleClient", &mut context)?;
         Ok(Self {
             context,
             host,
@@ -112,6 +116,7 @@ impl Isolate {
             handle_ws,
             run_timers,
             outbound_http,
+            handle_client,
         })
     }
 
@@ -165,6 +170,21 @@ impl Isolate {
             });
         if let Err(e) = result {
             self.log_failure("http request callback", &e);
+        }
+        self.run_jobs();
+    }
+
+    /// Delivers one event of an outbound `sdk/net` client to its handler module.
+    pub fn handle_client(&mut self, event: &ClientEvent) {
+        let result = serde_json::to_value(event)
+            .map_err(JsError::from_rust)
+            .and_then(|json| JsValue::from_json(&json, &mut self.context))
+            .and_then(|ev| {
+                self.handle_client
+                    .call(&JsValue::undefined(), &[ev], &mut self.context)
+            });
+        if let Err(e) = result {
+            self.log_failure("websocket client event", &e);
         }
         self.run_jobs();
     }
@@ -243,6 +263,7 @@ fn run_prelude(spec: &MimSpec, root: &Path, ctx: &mut Context) -> JsResult<JsObj
         "httpPort": spec.http_port,
         "nodeId": spec.node_id,
         "root": root.to_string_lossy(),
+        "entry": root.join(&spec.entry).to_string_lossy(),
         "module": {"exports": {}},
     });
     let mim = JsValue::from_json(&info, ctx)?;

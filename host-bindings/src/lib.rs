@@ -12,6 +12,8 @@ mod modules;
 mod natives;
 pub mod nesting;
 mod outbound;
+mod net;
+mod net_natives;
 mod request;
 mod ws;
 
@@ -20,6 +22,10 @@ pub use isolate::{Isolate, LoadError, MimSpec};
 pub use outbound::{
     file_area_path, FileAreaError, OutboundHttpEvent, OutboundHttpHead, OutboundHttpMode,
     OutboundHttpRequest,
+};
+pub use net::{
+    resolve_handler, ClientAnswer, ClientCall, ClientData, ClientEvent, ClientOp,
+    MAX_CLIENTS_PER_CONTAINER, MAX_QUEUED_CLIENT_SENDS,
 };
 pub use request::HttpRequest;
 pub use ws::{SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};

@@ -296,5 +296,6 @@ pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
     for &(name, f, len) in functions {
         init.function(NativeFunction::from_fn_ptr(f), JsString::from(name), len);
     }
+    crate::net_natives::register(&mut init);
     init.build()
 }

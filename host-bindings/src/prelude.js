@@ -284,20 +284,25 @@
       spec = String(spec);
       if (Object.prototype.hasOwnProperty.call(builtins, spec)) return builtins[spec]();
       if (spec.charAt(0) !== '.') throw new Error("Cannot find module '" + spec + "': only files of the mim ('./x') and the host's built-ins can be required");
-      var path = host.resolve(dir, spec);
-      if (moduleCache[path]) return moduleCache[path].exports;
-      var module = { exports: {}, id: path, filename: path, loaded: false };
-      moduleCache[path] = module;
-      if (/\.json$/.test(path)) { module.exports = JSON.parse(host.readSource(path)); }
-      else {
-        var fn = host.compileCommonJs(path);
-        var d = path.replace(/\/[^/]*$/, '') || '/';
-        fn.call(module.exports, module.exports, makeRequire(d), module, path, d);
-      }
-      module.loaded = true;
-      return module.exports;
+      return requirePath(host.resolve(dir, spec));
     };
   }
+  /** Loads (once) the CommonJS or JSON file at the absolute `path`; its exports. */
+  function requirePath(path) {
+    if (moduleCache[path]) return moduleCache[path].exports;
+    var module = { exports: {}, id: path, filename: path, loaded: false };
+    moduleCache[path] = module;
+    if (/\.json$/.test(path)) { module.exports = JSON.parse(host.readSource(path)); }
+    else {
+      var fn = host.compileCommonJs(path);
+      var d = path.replace(/\/[^/]*$/, '') || '/';
+      fn.call(module.exports, module.exports, makeRequire(d), module, path, d);
+    }
+    module.loaded = true;
+    return module.exports;
+  }
+  // The entry file is a module too: a handler naming it gets its exports, not a second run.
+  if (mim.entry) moduleCache[mim.entry] = mim.module;
 
   // ---- HTTP ----------------------------------------------------------------------
   function sniffType(body) {
@@ -509,8 +514,10 @@
   }
   /** Entry point: one session event. */
   function handleWs(ev) {
+    var known = sessions.get(ev.session);
+    var endpoint = ev.info ? ev.info.handler : known && known.handler;
     var handler = wsHandler();
-    if (!handler) { sessions.delete(ev.session); return; }
+    if (!handler && !endpoint) { sessions.delete(ev.session); return; }
     if (ev.info) {
       var info = ev.info;
       try { info.data = JSON.parse(info.data); } catch (e) { info.data = null; }
@@ -519,6 +526,7 @@
     var s = sessions.get(ev.session);
     if (ev.kind === 'close') sessions.delete(ev.session);
     if (!s || ev.kind === 'resume') return;
+    if (s.handler) { endpointEvent(s, ev); return; }
     var event = {
       type: ev.kind, session: { id: s.id, path: s.path, params: s.params, user: ANONYMOUS }, data: s.data,
       sessionId: s.id, peer: s.peer, method: s.method, query: s.params, headers: s.headers, params: s.params
@@ -584,6 +592,115 @@
   };
   var mesaLib = { Dispatcher: MesaDispatcher, Message: MesaMessage };
   builtins['@cryb/mesa'] = function () { return mesaLib; };
+
+  // ---- sdk/net: Dirigible's WebSockets (endpoints and outbound clients) --------------
+  var NET_METHODS = { open: 'onOpen', message: 'onMessage', error: 'onError', close: 'onClose' };
+  // The event a handler export is running for (null outside one).
+  var netEvent = null;
+  // Handler exports by handler name, loaded on first use.
+  var handlerCache = {};
+  function handlerExports(handler) {
+    if (Object.prototype.hasOwnProperty.call(handlerCache, handler)) return handlerCache[handler];
+    var m = host.handlerModule(handler);
+    var exported = typeof m === 'string' ? requirePath(m) : m;
+    handlerCache[handler] = exported;
+    return exported;
+  }
+  /** Calls the handler module's export for one event; `reply` gets what it returns. */
+  function runNetHandler(handler, kind, message, error, from, reply) {
+    var name = NET_METHODS[kind];
+    if (!name) return;
+    var where = 'websocket handler ' + JSON.stringify(handler) + ' ' + name;
+    var exported;
+    try { exported = handlerExports(String(handler)); }
+    catch (e) { reportError('loading websocket handler ' + JSON.stringify(handler), e); flushDispatches(); return; }
+    var fn = exported !== null && exported !== undefined ? exported[name] : undefined;
+    if (typeof fn !== 'function') return;
+    // Dirigible's arguments, then (a mimhost extra) the session or client id last.
+    var args = kind === 'message' ? [message, from] : kind === 'error' ? [error, from] : [from];
+    var outer = netEvent, result;
+    netEvent = { method: name.toLowerCase(), message: kind === 'message' ? message : null, error: kind === 'error' ? error : null };
+    try { result = fn.apply(exported, args); }
+    catch (e) { reportError(where, e); flushDispatches(); return; }
+    finally { netEvent = outer; }
+    if (isThenable(result)) {
+      result.then(function (v) { if (reply) reply(v); flushDispatches(); },
+        function (e) { reportError(where, e); flushDispatches(); });
+    } else if (reply) reply(result);
+    flushDispatches();
+  }
+  /** One event of a session on a Dirigible endpoint; what `onMessage` returns is the reply. */
+  function endpointEvent(s, ev) {
+    var reply = function (v) {
+      if (v === undefined || v === null) return;
+      wsOp({ Reply: { session: s.id, body: typeof v === 'string' ? v : JSON.stringify(v), end: false } });
+    };
+    runNetHandler(s.handler, ev.kind, ev.message, ev.error, s.id, ev.kind === 'message' ? reply : null);
+  }
+  // Outbound clients this isolate handed out, while open or opening (id -> client).
+  var clientMirror = new Map();
+  // Sends a client queues before it opens; the host bounds it too (MAX_QUEUED_CLIENT_SENDS).
+  var MAX_QUEUED_CLIENT_SENDS = 1024;
+  function WebsocketClient(data) {
+    this.id = data.id; this.uri = data.uri; this.handler = data.handler;
+    Object.defineProperty(this, '_state', { value: data.open ? 'open' : 'opening', writable: true });
+    Object.defineProperty(this, '_queued', { value: 0, writable: true });
+  }
+  WebsocketClient.prototype.send = function (message) {
+    if (this._state === 'closed') {
+      throw new Error('WebSocket client ' + this.id + ' (' + this.uri + ') is closed; create a new one with websockets.createWebsocket');
+    }
+    if (this._state === 'opening') {
+      if (this._queued >= MAX_QUEUED_CLIENT_SENDS) {
+        throw new Error('WebSocket client ' + this.id + ' (' + this.uri + ') is still connecting and already holds ' +
+          MAX_QUEUED_CLIENT_SENDS + ' queued messages; wait for onOpen before sending more');
+      }
+      this._queued++;
+    }
+    var text = typeof message === 'string' ? message : message === undefined ? '' : JSON.stringify(message);
+    host.wsClientOp(JSON.stringify({ Send: { client: this.id, text: String(text) } }));
+  };
+  WebsocketClient.prototype.close = function () {
+    if (this._state === 'closed') return;
+    this._state = 'closed';
+    clientMirror.delete(this.id);
+    host.wsClientOp(JSON.stringify({ Close: { client: this.id } }));
+  };
+  function clientFrom(data) {
+    if (!data) return null;
+    var c = clientMirror.get(data.id);
+    if (!c) { c = new WebsocketClient(data); clientMirror.set(data.id, c); }
+    return c;
+  }
+  function netCall(call) { return host.wsClientCall(JSON.stringify(call)); }
+  var websockets = {
+    createWebsocket: function (uri, handler, engine) {
+      if (uri === undefined || uri === null) throw new TypeError('createWebsocket(uri, handler): uri is required');
+      if (handler === undefined || handler === null) throw new TypeError('createWebsocket(uri, handler): handler is required (a module of the mim)');
+      return clientFrom(netCall({ Create: { uri: String(uri), handler: String(handler) } }));
+    },
+    getClients: function () {
+      return netCall('List').map(function (c) { return { id: c.id, uri: c.uri, handler: c.handler }; });
+    },
+    getClient: function (id) { return clientFrom(netCall({ Get: String(id) })); },
+    getClientByHandler: function (handler) { return clientFrom(netCall({ ByHandler: String(handler) })); },
+    getMessage: function () { return netEvent ? netEvent.message : null; },
+    getError: function () { return netEvent ? netEvent.error : null; },
+    getMethod: function () { return netEvent ? netEvent.method : null; },
+    isOnOpen: function () { return !!netEvent && netEvent.method === 'onopen'; },
+    isOnMessage: function () { return !!netEvent && netEvent.method === 'onmessage'; },
+    isOnError: function () { return !!netEvent && netEvent.method === 'onerror'; },
+    isOnClose: function () { return !!netEvent && netEvent.method === 'onclose'; }
+  };
+  var netLib = { websockets: websockets };
+  builtins['sdk/net'] = function () { return netLib; };
+  /** Entry point: one event of an outbound client, for its handler module. */
+  function handleClient(ev) {
+    var c = clientMirror.get(ev.client);
+    if (ev.kind === 'open' && c) { if (c._state === 'opening') c._state = 'open'; c._queued = 0; }
+    if (ev.kind === 'close') { if (c) c._state = 'closed'; clientMirror.delete(ev.client); }
+    runNetHandler(ev.handler, ev.kind, ev.message, ev.error, ev.client, null);
+  }
 
   /** The open sessions as JSON, for the isolate that replaces this one. */
   function exportSessions() { return JSON.stringify(Array.from(sessions.values())); }
@@ -759,6 +876,7 @@
     importSessions: importSessions,
     handleHttp: handleHttp,
     handleWs: handleWs,
+    handleClient: handleClient,
     runTimers: runTimers,
     makeRequire: makeRequire,
     builtins: builtins,

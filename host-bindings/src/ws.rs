@@ -22,6 +22,11 @@ pub struct SessionInfo {
     pub method: String,
     /// JSON text of the `data` the mim's `get()` returned (`null` when none).
     pub data: String,
+    /// The handler module of the Dirigible endpoint the session came in on
+    /// (`/websockets/v4/service/<endpoint>`, SPEC 5.4): its events go to that
+    /// module's `onOpen`/`onMessage`/`onError`/`onClose` instead of `webSocketEvent`.
+    #[serde(default)]
+    pub handler: Option<String>,
 }
 
 /// One event of a session for `webSocketEvent`.

@@ -5,7 +5,8 @@
 //! out of what one `read` returned.
 
 use mimhost_bindings::{
-    HttpRequest, MimSpec, OutboundHttpEvent, OutboundHttpRequest, WsAnswer, WsEvent, WsOp, WsQuery,
+    ClientAnswer, ClientCall, ClientEvent, ClientOp, HttpRequest, MimSpec, OutboundHttpEvent,
+    OutboundHttpRequest, WsAnswer, WsEvent, WsOp, WsQuery,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -53,6 +54,16 @@ pub enum ToWorker {
         /// The answer, a chunk of it, or the failure.
         event: OutboundHttpEvent,
     },
+    /// An event of an outbound `sdk/net` client for its handler module;
+    /// acknowledged by [`FromWorker::Done`] like a session event (same sequence).
+    WsClient {
+        /// Sequence number, increasing per worker (shared with [`ToWorker::Ws`]).
+        seq: u64,
+        /// The event.
+        event: ClientEvent,
+    },
+    /// The answer to the worker's pending [`FromWorker::WsClientCall`].
+    WsClientAnswer(ClientAnswer),
 }
 
 /// Worker -> host.
@@ -144,6 +155,10 @@ pub enum FromWorker {
         /// Path inside the file area, already checked by the worker.
         path: String,
     },
+    /// An `sdk/net` call the worker blocks on until [`ToWorker::WsClientAnswer`] arrives.
+    WsClientCall(ClientCall),
+    /// A one-way operation on an outbound client (send, close).
+    WsClientOp(ClientOp),
 }
 
 /// [`FromWorker::Log`] level of an error the mim's code did not catch (logged as an

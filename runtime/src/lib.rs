@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod console;
+pub mod endpoints;
 pub mod host;
 pub mod http;
 pub mod hub;

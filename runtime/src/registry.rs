@@ -1,7 +1,9 @@
 //! The running containers: start, hot swap, remove, and routing by base path.
 
+use crate::endpoints::{Endpoint, ENDPOINT_PREFIX};
 use crate::supervisor::{Supervisor, WorkerEvents, WorkerLimits};
 use mimhost_bindings::MimSpec;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
@@ -32,6 +34,8 @@ pub struct Registry {
     data: PathBuf,
     limits: WorkerLimits,
     events: Arc<dyn WorkerEvents>,
+    /// Dirigible endpoints (SPEC 5.4), unique on the host: name -> (container, endpoint).
+    endpoints: RwLock<HashMap<String, (String, Endpoint)>>,
 }
 
 /// The base path a container gets: `MCM.BASE_API_PATH` from its env, else `/<name>`.
@@ -64,6 +68,7 @@ impl Registry {
             data,
             limits,
             events,
+            endpoints: RwLock::default(),
         }
     }
 
@@ -107,11 +112,19 @@ impl Registry {
     /// not load (nothing is left running then).
     pub async fn start(&self, spec: MimSpec, origin: Origin) -> Result<Arc<Container>, String> {
         self.check_free(&spec.name, &spec.base_path)?;
+        let endpoints = crate::endpoints::discover(&spec).map_err(|e| e.to_string())?;
+        self.claim_endpoints(&spec.name, &endpoints)?;
         let store = crate::worker::store_dir(&self.data, &spec.name);
         let base_path = spec.base_path.clone();
         let name = spec.name.clone();
         let supervisor =
-            Supervisor::start(spec, store, self.limits.clone(), self.events.clone()).await?;
+            match Supervisor::start(spec, store, self.limits.clone(), self.events.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.release_endpoints(&name);
+                    return Err(e);
+                }
+            };
         let container = Arc::new(Container {
             name,
             base_path,
@@ -124,6 +137,56 @@ impl Registry {
         }
         write(&self.containers).push(container.clone());
         Ok(container)
+    }
+
+    /// Makes `wanted` the endpoints of `container` (replacing what it had); refuses,
+    /// changing nothing, when another container serves one of them. Returns what the
+    /// container had before.
+    fn claim_endpoints(
+        &self,
+        container: &str,
+        wanted: &[Endpoint],
+    ) -> Result<Vec<Endpoint>, String> {
+        let mut all = write(&self.endpoints);
+        for e in wanted {
+            if let Some((owner, _)) = all.get(&e.endpoint).filter(|(o, _)| o != container) {
+                return Err(format!(
+                    "WebSocket endpoint {ENDPOINT_PREFIX}{} is already used by container '{owner}'",
+                    e.endpoint
+                ));
+            }
+        }
+        let previous: Vec<Endpoint> = all
+            .values()
+            .filter(|(o, _)| o == container)
+            .map(|(_, e)| e.clone())
+            .collect();
+        all.retain(|_, (o, _)| o != container);
+        for e in wanted {
+            all.insert(e.endpoint.clone(), (container.to_string(), e.clone()));
+        }
+        Ok(previous)
+    }
+
+    /// Gives `container` back the endpoints it had (a hot swap that failed).
+    fn restore_endpoints(&self, container: &str, previous: Vec<Endpoint>) {
+        let mut all = write(&self.endpoints);
+        all.retain(|_, (o, _)| o != container);
+        for e in previous {
+            all.entry(e.endpoint.clone())
+                .or_insert_with(|| (container.to_string(), e));
+        }
+    }
+
+    /// Frees the endpoints of a container that stops.
+    fn release_endpoints(&self, container: &str) {
+        write(&self.endpoints).retain(|_, (o, _)| o != container);
+    }
+
+    /// The container serving Dirigible endpoint `name`, and the endpoint.
+    pub fn endpoint(&self, name: &str) -> Option<(Arc<Container>, Endpoint)> {
+        let (container, endpoint) = read(&self.endpoints).get(name).cloned()?;
+        Some((self.get(&container)?, endpoint))
     }
 
     fn check_free(&self, name: &str, base_path: &str) -> Result<(), String> {
@@ -152,7 +215,14 @@ impl Registry {
                 spec.name, container.base_path, spec.base_path
             ));
         }
-        container.supervisor.reload(spec).await
+        let endpoints = crate::endpoints::discover(&spec).map_err(|e| e.to_string())?;
+        let previous = self.claim_endpoints(&spec.name, &endpoints)?;
+        let name = spec.name.clone();
+        let reloaded = container.supervisor.reload(spec).await;
+        if reloaded.is_err() {
+            self.restore_endpoints(&name, previous);
+        }
+        reloaded
     }
 
     /// Stops and removes a container.
@@ -162,6 +232,7 @@ impl Registry {
             let at = all.iter().position(|c| c.name == name)?;
             all.remove(at)
         };
+        self.release_endpoints(name);
         removed.supervisor.stop().await;
         Some(removed)
     }

@@ -1,6 +1,6 @@
 // Drives headless Debian Chromium (through playwright-core) against a running
-// mimhost: the seed 003 chat page in two tabs, and the seed 000 browser snippet on
-// the notify dispatch channel.
+// mimhost: the seed 003 chat page in two tabs, the seed 000 browser snippet on
+// the notify dispatch channel, and seed 002's snippet on the relay mim's endpoint.
 //
 //   node run.mjs http://127.0.0.1:PORT
 //
@@ -98,6 +98,24 @@ async function notify(context) {
   return { answer, received, logged };
 }
 
+/** Seed 002's browser snippet on the relay mim's Dirigible endpoint: what the page
+ * sends comes back through the relay's outbound client. */
+async function dirigible(context) {
+  const page = await context.newPage();
+  await page.goto(base + '/relay/', { timeout: STEP_TIMEOUT });
+  const url = base.replace(/^http/, 'ws') + '/websockets/v4/service/relay';
+  await page.evaluate((u) => {
+    window.relayed = [];
+    let ws = new WebSocket(u);
+    ws.onmessage = (event) => window.relayed.push(event.data);
+    ws.onopen = () => ws.send('hello from chromium');
+  }, url);
+  await page.waitForFunction(() => window.relayed.length >= 1, null, { timeout: STEP_TIMEOUT });
+  const received = await page.evaluate(() => window.relayed);
+  await page.close();
+  return { received };
+}
+
 let context;
 let exitCode = 0;
 try {
@@ -107,7 +125,9 @@ try {
     args,
     timeout: 60000,
   });
-  const result = { ok: true, chat: await chat(context), notify: await notify(context) };
+  const result = {
+    ok: true, chat: await chat(context), notify: await notify(context), dirigible: await dirigible(context),
+  };
   console.log(JSON.stringify(result));
 } catch (e) {
   console.log(JSON.stringify({ ok: false, error: String(e && e.stack ? e.stack : e) }));

@@ -560,6 +560,7 @@ impl Hub {
                 let kind = match s.kind {
                     SessionKind::Dispatch => "dispatch",
                     SessionKind::Controller => "controller",
+                    SessionKind::Endpoint => "endpoint",
                 };
                 let mut groups = s.groups();
                 groups.sort();

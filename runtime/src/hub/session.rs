@@ -20,6 +20,8 @@ pub enum SessionKind {
     Dispatch,
     /// An upgrade accepted by the container's `get()`.
     Controller,
+    /// `/websockets/v4/service/<endpoint>`: a Dirigible endpoint (SPEC 5.4).
+    Endpoint,
 }
 
 /// Something for the session's task to write.

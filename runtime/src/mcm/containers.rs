@@ -403,6 +403,9 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
                 &format!("{}/", mcm.images.files_dir(&image.id).display()),
                 "",
             );
+            if e.contains("is already used by") {
+                return ApiError::conflict(format!("{e}; the previous version keeps serving"));
+            }
             ApiError::bad(format!(
                 "the new code does not load; the previous version keeps serving: {e}"
             ))

@@ -8,11 +8,14 @@
 mod spawn;
 
 use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
-use crate::outbound::OutboundHttp;
 use crate::logs;
+use crate::outbound::OutboundHttp;
+use crate::ws::client::ClientEvents;
+use crate::ws::clients::ClientSet;
 use bytes::Bytes;
 use mimhost_bindings::{
-    HttpRequest, MimSpec, OutboundHttpRequest, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery,
+    ClientEvent, HttpRequest, MimSpec, OutboundHttpRequest, SessionInfo, WsAnswer, WsEvent, WsOp,
+    WsQuery,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -124,6 +127,47 @@ pub struct Invocation {
     pub generation: u64,
 }
 
+/// Something for the worker's JavaScript to handle, in order: a session event or an
+/// outbound client's event. Both are acknowledged by `Done{seq}`.
+#[derive(Debug, Clone)]
+enum Inbound {
+    /// A session event (`webSocketEvent`, or a Dirigible endpoint's handler).
+    Session(WsEvent),
+    /// An outbound `sdk/net` client's event for its handler module.
+    Client(ClientEvent),
+}
+
+impl Inbound {
+    /// The message carrying this event with sequence number `seq`.
+    fn message(self, seq: u64) -> ToWorker {
+        match self {
+            Inbound::Session(event) => ToWorker::Ws { seq, event },
+            Inbound::Client(event) => ToWorker::WsClient { seq, event },
+        }
+    }
+
+    /// The `error` event that replaces this one when a worker died handling it.
+    fn dropped(&self) -> Inbound {
+        const WHY: &str =
+            "the handler ran past the handler timeout or crashed; the event was dropped";
+        match self {
+            Inbound::Session(e) => Inbound::Session(WsEvent {
+                session: e.session.clone(),
+                kind: "error".into(),
+                error: Some(WHY.into()),
+                ..WsEvent::default()
+            }),
+            Inbound::Client(e) => Inbound::Client(ClientEvent {
+                client: e.client.clone(),
+                handler: e.handler.clone(),
+                kind: "error".into(),
+                message: None,
+                error: Some(WHY.into()),
+            }),
+        }
+    }
+}
+
 /// One running worker process.
 struct Live {
     generation: u64,
@@ -133,8 +177,8 @@ struct Live {
     load_reply: Mutex<Option<oneshot::Sender<Option<String>>>>,
     pongs: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     kill_reason: Mutex<Option<String>>,
-    /// Session events sent and not yet acknowledged: (seq, sent at, session id).
-    ws_inflight: Mutex<std::collections::VecDeque<(u64, Instant, WsEvent)>>,
+    /// Events sent and not yet acknowledged: (seq, sent at, event).
+    ws_inflight: Mutex<std::collections::VecDeque<(u64, Instant, Inbound)>>,
     /// Set when the host retired this worker on purpose and wants a replacement.
     replace: AtomicBool,
     /// Its outbound HTTP requests in flight, by id: aborted when it goes, so no
@@ -156,16 +200,20 @@ pub struct Supervisor {
     next_id: AtomicU64,
     generations: AtomicU64,
     stopped: AtomicBool,
-    /// Session events that arrived while no worker was live.
-    waiting: Mutex<Vec<WsEvent>>,
-    /// Sessions whose event a dead worker dropped; they get an `error` event.
-    dropped: Mutex<Vec<String>>,
-    /// Whether the code exports `webSocketEvent`; session events are sent only then.
+    /// Events that arrived while no worker was live.
+    waiting: Mutex<Vec<Inbound>>,
+    /// `error` events for the sessions and clients whose event a dead worker dropped.
+    dropped: Mutex<Vec<Inbound>>,
+    /// Whether the code exports `webSocketEvent`; session events are sent only then
+    /// (sessions on Dirigible endpoints excepted).
     ws_handler: AtomicBool,
     /// Outbound HTTP requests of the container in flight (at most 64; more wait).
     outbound_slots: Arc<tokio::sync::Semaphore>,
     /// Workers replaced after dying or being killed (for the console and the API).
     restarts: AtomicU64,
+    /// The container's outbound `sdk/net` clients: owned here, so they outlive
+    /// worker restarts and hot swaps, and close when the container stops.
+    clients: ClientSet,
 }
 
 impl Supervisor {
@@ -193,8 +241,13 @@ impl Supervisor {
             ws_handler: AtomicBool::new(false),
             outbound_slots: Arc::new(OutboundHttp::container_slots()),
             restarts: AtomicU64::new(0),
+            clients: ClientSet::default(),
         });
-        sup.spawn_worker().await?;
+        if let Err(e) = sup.spawn_worker().await {
+            // Clients its code made while failing to load go with it.
+            sup.clients.close_all();
+            return Err(e);
+        }
         sup.host_log(logs::Level::Info, "started", None);
         tokio::spawn(sup.clone().watch_events());
         Ok(sup)
@@ -279,7 +332,9 @@ impl Supervisor {
             return Err(e);
         }
         self.catch_up(&live);
-        *lock(&self.live) = Some(live);
+        if !self.go_live(live.clone(), false) {
+            kill(&live, "the container stopped while it was starting");
+        }
         self.ready.notify_waiters();
         Ok(())
     }
@@ -288,36 +343,42 @@ impl Supervisor {
     /// sessions, and hands over the events that waited for it.
     fn catch_up(&self, live: &Live) {
         self.resume_sessions(live);
-        let errors = std::mem::take(&mut *lock(&self.dropped))
-            .into_iter()
-            .map(|session| WsEvent {
-                session,
-                kind: "error".into(),
-                error: Some(
-                    "the handler ran past the handler timeout or crashed; the event was dropped"
-                        .into(),
-                ),
-                ..WsEvent::default()
-            });
-        let waiting = std::mem::take(&mut *lock(&self.waiting));
-        for event in errors.chain(waiting) {
+        for event in std::mem::take(&mut *lock(&self.dropped)) {
             self.send_event(live, event);
         }
     }
 
+    /// Makes `live` the worker that gets invocations (unless `only_if_none` and one
+    /// already is, or the container stopped), first handing it the events that
+    /// waited. Both happen under the `waiting` lock, which [`Self::deliver`] takes
+    /// when no worker is live, so no event is left behind between the two.
+    fn go_live(&self, live: Arc<Live>, only_if_none: bool) -> bool {
+        let mut waiting = lock(&self.waiting);
+        let mut current = lock(&self.live);
+        if (only_if_none && current.is_some()) || self.stopped.load(Ordering::Relaxed) {
+            return false;
+        }
+        for event in waiting.drain(..) {
+            self.send_event(&live, event);
+        }
+        *current = Some(live);
+        true
+    }
+
     /// Tells the worker about every open session (a `resume` event each, no handler call).
     fn resume_sessions(&self, live: &Live) {
-        if !self.wants_ws_events() {
-            return;
-        }
+        let all = self.wants_ws_events();
         for info in self.events.sessions_of(&self.name) {
+            if !all && info.handler.is_none() {
+                continue;
+            }
             let event = WsEvent {
                 session: info.id.clone(),
                 info: Some(info),
                 kind: "resume".into(),
                 ..WsEvent::default()
             };
-            self.send_event(live, event);
+            self.send_event(live, Inbound::Session(event));
         }
     }
 
@@ -326,32 +387,47 @@ impl Supervisor {
         self.ws_handler.load(Ordering::Relaxed)
     }
 
-    fn send_event(&self, live: &Live, event: WsEvent) {
+    fn send_event(&self, live: &Live, event: Inbound) {
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&live.ws_inflight).push_back((seq, Instant::now(), event.clone()));
-        let _ = live.to_worker.send(ToWorker::Ws { seq, event });
+        let _ = live.to_worker.send(event.message(seq));
     }
 
     /// Whether events of `session` still wait for or run in the worker: a closing
     /// session waits for them so the replies to what it received go out first.
     pub fn ws_busy(&self, session: &str) -> bool {
-        if lock(&self.waiting).iter().any(|e| e.session == session) {
+        let of_session = |e: &Inbound| matches!(e, Inbound::Session(e) if e.session == session);
+        if lock(&self.waiting).iter().any(of_session) {
             return true;
         }
         self.current().is_some_and(|live| {
             lock(&live.ws_inflight)
                 .iter()
-                .any(|(_, _, e)| e.session == session)
+                .any(|(_, _, e)| of_session(e))
         })
     }
 
-    /// Delivers a session event to `webSocketEvent`, in order per session; events
-    /// that arrive during a restart wait for the new worker.
-    pub fn ws_event(&self, event: WsEvent) {
-        match self.current() {
-            Some(live) => self.send_event(&live, event),
-            None => lock(&self.waiting).push(event),
+    /// Hands an event to the live worker, or keeps it for the next one.
+    fn deliver(&self, event: Inbound) {
+        if let Some(live) = self.current() {
+            return self.send_event(&live, event);
         }
+        let mut waiting = lock(&self.waiting);
+        // Checked again under the lock `go_live` holds while it drains the queue.
+        match self.current() {
+            Some(live) => {
+                drop(waiting);
+                self.send_event(&live, event);
+            }
+            None => waiting.push(event),
+        }
+    }
+
+    /// Delivers a session event to `webSocketEvent` (or the session's Dirigible
+    /// handler), in order per session; events that arrive during a restart wait for
+    /// the new worker.
+    pub fn ws_event(&self, event: WsEvent) {
+        self.deliver(Inbound::Session(event));
     }
 
     /// Kills a worker whose session event has run past the handler timeout.
@@ -417,7 +493,7 @@ impl Supervisor {
     }
 
     /// Hands one frame from the worker to whoever waits for it.
-    fn route(&self, live: &Arc<Live>, message: FromWorker) {
+    fn route(self: &Arc<Self>, live: &Arc<Live>, message: FromWorker) {
         let part = match message {
             FromWorker::Loaded { error, ws_handler } => {
                 let had = self.ws_handler.swap(ws_handler, Ordering::Relaxed);
@@ -431,6 +507,14 @@ impl Supervisor {
                 return;
             }
             FromWorker::Ws(op) => return self.events.on_ws(&self.name, op),
+            FromWorker::WsClientCall(call) => {
+                let sink: std::sync::Weak<dyn ClientEvents> =
+                    Arc::downgrade(&(self.clone() as Arc<dyn ClientEvents>));
+                let answer = self.clients.call(call, sink);
+                let _ = live.to_worker.send(ToWorker::WsClientAnswer(answer));
+                return;
+            }
+            FromWorker::WsClientOp(op) => return self.clients.apply(op, self.as_ref()),
             FromWorker::WsQuery(query) => {
                 let answer = self.events.on_query(&self.name, query);
                 let _ = live.to_worker.send(ToWorker::WsAnswer(answer));
@@ -554,13 +638,13 @@ impl Supervisor {
         }
         // The oldest unanswered event is the one the worker died on: its session gets an
         // `error` event. The worker never started the ones behind it: they go again.
-        let mut unanswered: Vec<WsEvent> = lock(&live.ws_inflight)
+        let mut unanswered: Vec<Inbound> = lock(&live.ws_inflight)
             .drain(..)
             .map(|(_, _, e)| e)
             .collect();
         if !unanswered.is_empty() {
             let culprit = unanswered.remove(0);
-            lock(&self.dropped).push(culprit.session);
+            lock(&self.dropped).push(culprit.dropped());
             let mut waiting = lock(&self.waiting);
             unanswered.append(&mut waiting);
             *waiting = unanswered;
@@ -663,12 +747,10 @@ impl Supervisor {
         let _ = live.to_worker.send(ToWorker::Ping { id: ping });
         if tokio::time::timeout(PING_GRACE, rx).await.is_ok() {
             if paused {
-                let mut current = lock(&self.live);
-                if current.is_none() && !self.stopped.load(Ordering::Relaxed) {
-                    live.replace.store(false, Ordering::Relaxed);
-                    *current = Some(live.clone());
+                live.replace.store(false, Ordering::Relaxed);
+                if !self.go_live(live.clone(), true) {
+                    live.replace.store(true, Ordering::Relaxed);
                 }
-                drop(current);
                 self.ready.notify_waiters();
             }
             return;
@@ -745,6 +827,7 @@ impl Supervisor {
         self.stopped.store(true, Ordering::Relaxed);
         self.ready.notify_waiters();
         self.events.on_stopped(&self.name);
+        self.clients.close_all();
         let Some(live) = lock(&self.live).take() else {
             return;
         };
@@ -756,6 +839,14 @@ impl Supervisor {
         }
         if process_alive(live.pid) {
             kill(&live, "it did not stop in time");
+        }
+    }
+}
+
+impl ClientEvents for Supervisor {
+    fn client_event(&self, event: ClientEvent) {
+        if !self.stopped.load(Ordering::Relaxed) {
+            self.deliver(Inbound::Client(event));
         }
     }
 }

@@ -4,7 +4,10 @@
 use super::link::{Link, LinkClosed};
 use crate::ipc::{encode_into, FromWorker, ToWorker};
 use crate::store::SledStore;
-use mimhost_bindings::{HostApi, LogLevel, Storage, StorageError, WsAnswer, WsOp, WsQuery};
+use mimhost_bindings::{
+    ClientAnswer, ClientCall, ClientOp, HostApi, LogLevel, Storage, StorageError, WsAnswer, WsOp,
+    WsQuery,
+};
 use std::borrow::Cow;
 use std::cell::{Cell, OnceCell, RefCell};
 
@@ -187,5 +190,23 @@ impl HostApi for WorkerHost {
         self.send(&FromWorker::OutboundHttpDeleteFile {
             path: path.to_string(),
         });
+    }
+
+    /// Sends the call with everything before it, then waits for the answer (as
+    /// [`HostApi::ws_query`] does).
+    fn ws_client_call(&self, call: ClientCall) -> ClientAnswer {
+        self.send(&FromWorker::WsClientCall(call));
+        if self.flush().is_err() {
+            std::process::exit(0);
+        }
+        let answer = self.link.borrow_mut().wait_for(|m| match m {
+            ToWorker::WsClientAnswer(a) => Some(a.clone()),
+            _ => None,
+        });
+        answer.unwrap_or_else(|_| std::process::exit(0))
+    }
+
+    fn ws_client_op(&self, op: ClientOp) {
+        self.send(&FromWorker::WsClientOp(op));
     }
 }

@@ -107,12 +107,18 @@ fn serve(stream: UnixStream) -> i32 {
                     }
                     done_seq = Some(seq);
                 }
-                ToWorker::WsAnswer(_) => {}
                 ToWorker::OutboundHttp { id, event } => {
                     if let Some(l) = loaded.as_mut() {
                         guarded(&host, l, |isolate| isolate.outbound_http(id, &event));
                     }
                 }
+                ToWorker::WsClient { seq, event } => {
+                    if let Some(l) = loaded.as_mut() {
+                        guarded(&host, l, |isolate| isolate.handle_client(&event));
+                    }
+                    done_seq = Some(seq);
+                }
+                ToWorker::WsAnswer(_) | ToWorker::WsClientAnswer(_) => {}
             }
         }
         if let Some(seq) = done_seq {

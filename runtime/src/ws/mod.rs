@@ -1,6 +1,9 @@
 //! WebSocket sessions: the upgrade handshake on hyper's connection, and each session's
-//! task that reads client frames and writes queued ones.
+//! task that reads client frames and writes queued ones; and the outbound clients
+//! of `sdk/net`.
 
+pub mod client;
+pub mod clients;
 pub mod codec;
 mod session;
 mod upgrade;

@@ -65,8 +65,14 @@ impl Session {
         self.event("close", None, false, Some(code));
     }
 
+    /// Whether the container's code hears this session's events: through
+    /// `webSocketEvent`, or always for a session on a Dirigible endpoint.
+    fn heard(&self) -> bool {
+        self.handle.info.handler.is_some() || self.container.supervisor.wants_ws_events()
+    }
+
     fn event(&self, kind: &str, message: Option<String>, binary: bool, close_code: Option<u16>) {
-        if !self.container.supervisor.wants_ws_events() {
+        if !self.heard() {
             return;
         }
         let info = (kind == "open").then(|| self.handle.info.clone());
@@ -82,7 +88,7 @@ impl Session {
     }
 
     fn error_event(&self, error: &str) {
-        if !self.container.supervisor.wants_ws_events() {
+        if !self.heard() {
             return;
         }
         self.container.supervisor.ws_event(WsEvent {

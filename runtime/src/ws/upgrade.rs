@@ -36,8 +36,9 @@ pub fn is_upgrade(req: &Request<Incoming>) -> bool {
     has(CONNECTION, "upgrade") && has(UPGRADE, "websocket")
 }
 
-/// Answers a WebSocket upgrade: the dispatch channel `/ws<BASE_API_PATH>` or a
-/// controller upgrade under a container's base path.
+/// Answers a WebSocket upgrade: a Dirigible endpoint `/websockets/v4/service/<name>`,
+/// the dispatch channel `/ws<BASE_API_PATH>`, or a controller upgrade under a
+/// container's base path.
 pub async fn upgrade(
     state: &Arc<HostState>,
     req: Request<Incoming>,
@@ -47,6 +48,26 @@ pub async fn upgrade(
         return json_error(400, "WebSocket upgrade without Sec-WebSocket-Key");
     };
     let path = req.uri().path().to_string();
+    if let Some(name) = path.strip_prefix(crate::endpoints::ENDPOINT_PREFIX) {
+        let name = name.trim_end_matches('/');
+        let Some((container, endpoint)) = state.registry.endpoint(name) else {
+            return json_error(
+                404,
+                &format!("no WebSocket endpoint {name:?} on this host (a mim declares endpoints in *.websocket files or mim.json)"),
+            );
+        };
+        let mut info = session_info(state, &req, peer, "null".into());
+        info.handler = Some(endpoint.handler);
+        return accept(
+            state,
+            req,
+            &key,
+            container,
+            info,
+            SessionKind::Endpoint,
+            None,
+        );
+    }
     if let Some(channel) = path.strip_prefix("/ws") {
         let channel = channel.trim_end_matches('/');
         if let Some((container, rest)) = state.registry.route(channel) {
@@ -163,6 +184,7 @@ fn session_info(
         headers,
         method: req.method().as_str().to_string(),
         data,
+        handler: None,
     }
 }
 
