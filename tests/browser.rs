@@ -171,23 +171,54 @@ async fn chromium_runs_the_web_console_from_sign_in_to_remove() {
     let shot = screenshot.display().to_string();
     let result = drive(&host, "console.mjs", &[support::TOKEN, &shot]).await;
 
-    assert!(result["hint"].as_str().is_some_and(|h| h.contains("<data>/mcm-token")), "{result}");
-    assert!(result["refused"].as_str().is_some_and(|r| r.contains("401")), "{result}");
+    assert!(
+        result["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("<data>/mcm-token")),
+        "{result}"
+    );
+    assert!(
+        result["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("401")),
+        "{result}"
+    );
     let csp = result["csp"].as_str().unwrap_or_default();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");
-    let listed: Vec<&str> = result["listed"].as_array().expect("listed").iter().filter_map(Value::as_str).collect();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let listed: Vec<&str> = result["listed"]
+        .as_array()
+        .expect("listed")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     for name in ["chat", "hello", "notes", "notify", "trigger"] {
         assert!(listed.contains(&name), "{name} not listed: {listed:?}");
     }
-    assert!(result["deployed"].as_str().is_some_and(|d| d.starts_with("deployed greeter")), "{result}");
+    assert!(
+        result["deployed"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("deployed greeter")),
+        "{result}"
+    );
     assert_eq!(result["first"]["body"], "v1");
     assert_eq!(result["swapped"]["body"], "v2");
     assert_eq!(result["gone"]["status"], 404);
     assert_eq!(result["cookies"], 0, "the console sets no cookie");
     assert!(result["apiCalls"].as_u64() > Some(5), "{result}");
-    assert_eq!(result["withoutBearer"], serde_json::json!([]), "every API call carries the token");
+    assert_eq!(
+        result["withoutBearer"],
+        serde_json::json!([]),
+        "every API call carries the token"
+    );
     assert_eq!(result["withCookie"], serde_json::json!([]));
     assert_eq!(result["cspViolations"], serde_json::json!([]));
     let png = std::fs::read(&screenshot).expect("the screenshot was saved");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
 }

@@ -121,8 +121,11 @@ async fn run(mut cmd: tokio::process::Command, what: &str) -> (bool, String, Str
 /// The newest line number of `name`'s log (0 when it has none).
 async fn last_seq(host: &Host, name: &str) -> u64 {
     let reply = support::send(
-        host.request(reqwest::Method::GET, &format!("/mcm/v1/containers/{name}/logs"))
-            .bearer_auth(TOKEN),
+        host.request(
+            reqwest::Method::GET,
+            &format!("/mcm/v1/containers/{name}/logs"),
+        )
+        .bearer_auth(TOKEN),
     )
     .await;
     if reply.status != 200 {
@@ -156,7 +159,8 @@ async fn wait_loaded(host: &Host, name: &str, after: u64) {
             .any(|l| {
                 l["seq"].as_u64() > Some(after)
                     && l["source"] == "host"
-                    && (l["message"] == "started" || l["message"] == "hot swapped: the new code is serving")
+                    && (l["message"] == "started"
+                        || l["message"] == "hot swapped: the new code is serving")
             })
             .then_some(())
     })
@@ -220,7 +224,9 @@ async fn every_block_of_the_guide_runs() {
             }
             (_, "mim") => {
                 let host = host.as_ref().unwrap_or_else(|| panic!("{at}: no host yet"));
-                let (name, _) = arg.split_once('/').unwrap_or_else(|| panic!("{at}: mim=NAME/FILE"));
+                let (name, _) = arg
+                    .split_once('/')
+                    .unwrap_or_else(|| panic!("{at}: mim=NAME/FILE"));
                 let before = last_seq(host, name).await;
                 mims.write(arg, &block.text);
                 if mims.path().join(name).join("index.js").exists() {
@@ -242,7 +248,11 @@ async fn every_block_of_the_guide_runs() {
                     .env_remove("MIMHOST_TOKEN")
                     .env_remove("MIMHOST_DATA");
                 let (ok, stdout, stderr) = run(cmd, &at).await;
-                assert!(ok, "{at} failed:\n{stdout}\n{stderr}\nhost stderr:\n{}", host.stderr());
+                assert!(
+                    ok,
+                    "{at} failed:\n{stdout}\n{stderr}\nhost stderr:\n{}",
+                    host.stderr()
+                );
                 last_output = Some((n, stdout));
             }
             ("js", "node") => {
@@ -255,17 +265,23 @@ async fn every_block_of_the_guide_runs() {
                     .arg(&file)
                     .current_dir(work.path());
                 let (ok, stdout, stderr) = run(cmd, &at).await;
-                assert!(ok, "{at} failed:\n{stdout}\n{stderr}\nhost stderr:\n{}", host.stderr());
+                assert!(
+                    ok,
+                    "{at} failed:\n{stdout}\n{stderr}\nhost stderr:\n{}",
+                    host.stderr()
+                );
                 last_output = Some((n, stdout));
             }
             ("text", "output") => {
                 let (from, printed) = last_output
                     .as_ref()
                     .filter(|(from, _)| *from + 1 == n)
-                    .unwrap_or_else(|| panic!("{at}: an output block must follow a run or node block"));
-                let printed = host
-                    .as_ref()
-                    .map_or(printed.clone(), |h| printed.replace(h.addr(), "127.0.0.1:8083"));
+                    .unwrap_or_else(|| {
+                        panic!("{at}: an output block must follow a run or node block")
+                    });
+                let printed = host.as_ref().map_or(printed.clone(), |h| {
+                    printed.replace(h.addr(), "127.0.0.1:8083")
+                });
                 for want in block.text.lines().map(str::trim).filter(|l| !l.is_empty()) {
                     assert!(
                         printed.contains(want),

@@ -15,7 +15,11 @@ fn repo() -> PathBuf {
 /// The pinned tsc, or why it cannot run.
 fn tsc() -> Result<PathBuf, String> {
     let tsc = repo().join("types/node_modules/typescript/bin/tsc");
-    if !Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if !Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Err("no `node` on PATH".into());
     }
     if !tsc.exists() {
@@ -41,7 +45,13 @@ fn can_run() -> Option<PathBuf> {
 fn check(tsc: &Path, project: &Path) -> (bool, String) {
     let out = Command::new("node")
         .arg(tsc)
-        .args(["-p", &project.display().to_string(), "--noEmit", "--pretty", "false"])
+        .args([
+            "-p",
+            &project.display().to_string(),
+            "--noEmit",
+            "--pretty",
+            "false",
+        ])
         .output()
         .expect("run tsc");
     let text = format!(
