@@ -155,7 +155,8 @@ async fn chromium_chats_in_two_tabs_and_receives_dispatched_events() {
 
 /// The web console in Chromium: sign in (a wrong token is refused), see the example
 /// mims, deploy a `.js` by drop, see its log line live, hot swap it by drop, remove
-/// it; the container page's screenshot is kept as `docs/img/console.png`.
+/// it, deploy a folder's tar by drop; the container page's screenshot is kept as
+/// `docs/img/console.png`.
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_runs_the_web_console_from_sign_in_to_remove() {
     if !can_run() {
@@ -169,7 +170,29 @@ async fn chromium_runs_the_web_console_from_sign_in_to_remove() {
     let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img/console.png");
     std::fs::create_dir_all(screenshot.parent().expect("docs/img")).expect("create docs/img");
     let shot = screenshot.display().to_string();
-    let result = drive(&host, "console.mjs", &[support::TOKEN, &shot]).await;
+    // A folder mim packed into an image, for the tar drop.
+    let packed = tempfile::TempDir::new().expect("temp dir");
+    let folder = packed.path().join("src");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(
+        folder.join("index.js"),
+        "app.get('/', (q, r) => r.end(require('./lib.js').text));",
+    )
+    .expect("write index.js");
+    std::fs::write(folder.join("lib.js"), "exports.text = 'from a tar';").expect("write lib.js");
+    let image = packed.path().join("packed.tar");
+    let pack = std::process::Command::new(env!("CARGO_BIN_EXE_mimhost"))
+        .args([
+            "pack",
+            &folder.display().to_string(),
+            "-o",
+            &image.display().to_string(),
+        ])
+        .output()
+        .expect("run mimhost pack");
+    assert!(pack.status.success(), "{pack:?}");
+    let image = image.display().to_string();
+    let result = drive(&host, "console.mjs", &[support::TOKEN, &shot, &image]).await;
 
     assert!(
         result["hint"]
@@ -206,6 +229,7 @@ async fn chromium_runs_the_web_console_from_sign_in_to_remove() {
     assert_eq!(result["first"]["body"], "v1");
     assert_eq!(result["swapped"]["body"], "v2");
     assert_eq!(result["gone"]["status"], 404);
+    assert_eq!(result["fromTar"]["body"], "from a tar", "{result}");
     assert_eq!(result["cookies"], 0, "the console sets no cookie");
     assert!(result["apiCalls"].as_u64() > Some(5), "{result}");
     assert_eq!(

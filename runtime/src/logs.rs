@@ -214,6 +214,9 @@ mod tests {
         assert_eq!(line.cause, Some(Cause::Memory));
         book.close("a");
         assert!(follow.live.recv().await.is_err());
-        assert!(book.recent("a", 10).is_empty(), "a removed container's lines go");
+        assert!(
+            book.recent("a", 10).is_empty(),
+            "a removed container's lines go"
+        );
     }
 }

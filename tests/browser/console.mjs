@@ -4,18 +4,21 @@
 // call, a second drop hot swaps it, the container page is photographed, and Remove
 // removes it. Every API call must carry the token as a Bearer header and no cookie.
 //
-//   node console.mjs http://127.0.0.1:PORT TOKEN SCREENSHOT.png
+//   node console.mjs http://127.0.0.1:PORT TOKEN SCREENSHOT.png IMAGE.tar
+//
+// IMAGE.tar (a packed folder mim answering "from a tar") is dropped last.
 //
 // Prints one JSON line `{"ok":true,...}` on success; on failure `{"ok":false,"error":...}`
 // and exits 1. CHROMIUM overrides /usr/bin/chromium.
 import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { basename } from 'node:path';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const [base, token, screenshot] = process.argv.slice(2);
-if (!base || !token || !screenshot) {
-  console.error('usage: node console.mjs http://127.0.0.1:PORT TOKEN SCREENSHOT.png');
+const [base, token, screenshot, image] = process.argv.slice(2);
+if (!base || !token || !screenshot || !image) {
+  console.error('usage: node console.mjs http://127.0.0.1:PORT TOKEN SCREENSHOT.png IMAGE.tar');
   process.exit(2);
 }
 const STEP = { timeout: 15000 };
@@ -29,13 +32,15 @@ const args = [
 const v1 = "app.get('/', (request, response) => { console.log('greeter v1 says hi to ' + request.query.who); response.end('v1'); });\n";
 const v2 = "app.get('/', (request, response) => { log.warn('greeter v2 says hi to ' + request.query.who); response.end('v2'); });\n";
 
-/** Drops a file called `name` holding `text` on the element `selector`. */
-async function dropFile(page, selector, name, text) {
-  const transfer = await page.evaluateHandle(([n, t]) => {
+/** Drops a file called `name` holding `text` (or, with `base64`, those bytes) on the
+ *  element `selector`. */
+async function dropFile(page, selector, name, text, base64) {
+  const transfer = await page.evaluateHandle(([n, t, b]) => {
     const dt = new DataTransfer();
-    dt.items.add(new File([t], n, { type: 'text/javascript' }));
+    const content = b ? Uint8Array.from(atob(b), (c) => c.charCodeAt(0)) : t;
+    dt.items.add(new File([content], n, { type: b ? 'application/x-tar' : 'text/javascript' }));
     return dt;
-  }, [name, text]);
+  }, [name, text, base64 || null]);
   await page.dispatchEvent(selector, 'drop', { dataTransfer: transfer });
 }
 
@@ -103,12 +108,17 @@ async function run(context) {
   await page.click('#remove');
   await page.waitForFunction(() => document.body.dataset.view === 'list' && !(document.body.dataset.containers || '').split(' ').includes('greeter'), null, STEP);
   const gone = await call('/greeter/');
+
+  // Drop a folder's tar (made by `mimhost pack`): named after the file.
+  await dropFile(page, '#drop', basename(image), '', readFileSync(image).toString('base64'));
+  await page.waitForSelector('#containers tr[data-name="packed"]', STEP);
+  const fromTar = await call('/packed/');
   const cookies = await context.cookies();
   const withoutBearer = apiCalls.filter((c) => !/^Bearer /.test(c.headers.authorization || ''));
   const withCookie = apiCalls.filter((c) => c.headers.cookie);
   await page.close();
   return {
-    csp, hint, refused, listed, deployed, first, swapped, gone,
+    csp, hint, refused, listed, deployed, first, swapped, gone, fromTar,
     cookies: cookies.length, apiCalls: apiCalls.length,
     withoutBearer: withoutBearer.map((c) => c.url), withCookie: withCookie.map((c) => c.url), cspViolations,
   };
