@@ -78,7 +78,10 @@ async fn the_log_holds_console_lines_uncaught_errors_and_restarts_with_their_cau
     .await;
     let text = boom["message"].as_str().unwrap_or_default();
     assert!(text.contains("TypeError: boom"), "{boom}");
-    assert!(text.contains(":3:"), "the stack names the line: {boom}");
+    assert!(
+        text.contains("(noisy.js:3:"),
+        "the stack names the file relative to the mim, and the line: {boom}"
+    );
     assert_eq!(boom["level"], "error");
 
     host.get("/noisy/spin").await.assert_error(504);

@@ -1,3 +1,4 @@
+// @ts-check
 // mims/chat — seed 003's Enonic XP chat (get + webSocketEvent with the group library).
 // Open http://localhost:8083/chat/ in two tabs and type.
 var page = require('./page.js');

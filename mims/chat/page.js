@@ -1,3 +1,4 @@
+// @ts-check
 // The chat page: every line typed goes to the group, every line received is shown.
 exports.html = [
   '<!doctype html><html><head><meta charset="utf-8"><title>mimhost chat</title>',

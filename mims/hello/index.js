@@ -1,3 +1,4 @@
+// @ts-check
 // mims/hello — route style (seed 000): `app` and `context` are globals.
 app.get('/', (request, response) => {
   response.end(JSON.stringify({ hello: 'world', from: context.info.serviceType }));

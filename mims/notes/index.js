@@ -1,3 +1,4 @@
+// @ts-check
 // mims/notes — controller style (seed 003) on context.storage: a small tagged-notes API.
 //
 //   POST   /notes            {"text": "...", "tag": "work"}  -> 201 the note

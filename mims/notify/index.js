@@ -1,3 +1,4 @@
+// @ts-check
 // mims/notify — the four examples of seed 000 (context.dispatchWebSocketEvent), unchanged.
 // Connect a client to ws://localhost:8083/ws/notify, then POST to /notify/notify.
 app.post('/notify', (request, response) => {

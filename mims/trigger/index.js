@@ -1,3 +1,4 @@
+// @ts-check
 // mims/trigger — seed 001's WebSocket trigger model: a connection manager that greets
 // each session on open, broadcasts every message to everyone, answers the sender with
 // a {body} reply, and closes a session that sends {"end": true}.

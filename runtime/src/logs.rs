@@ -159,12 +159,10 @@ impl LogBook {
         Follow { backlog, live }
     }
 
-    /// The container is gone: its followers end (after the lines already sent). Its
-    /// lines stay readable until a container of that name starts again.
+    /// The container is gone: its followers end (after the lines already sent) and
+    /// its lines are dropped, so removed containers hold no memory.
     pub fn close(&self, container: &str) {
-        if let Some(book) = self.lock().get_mut(container) {
-            book.live = None;
-        }
+        self.lock().remove(container);
     }
 }
 
@@ -216,5 +214,9 @@ mod tests {
         assert_eq!(line.cause, Some(Cause::Memory));
         book.close("a");
         assert!(follow.live.recv().await.is_err());
+        assert!(
+            book.recent("a", 10).is_empty(),
+            "a removed container's lines go"
+        );
     }
 }

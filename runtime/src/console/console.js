@@ -171,7 +171,8 @@ async function renderDetail(name) {
   $('#d-state').className = 'state-' + c.state;
   $('#d-facts').textContent = 'base path ' + c.basePath + (c.imageId ? ' · image ' + c.imageId.slice(0, 12) : '') + (c.created ? ' · created ' + c.created : '');
   $('#d-drop').hidden = c.source !== 'api';
-  $('#env tbody').replaceChildren(...Object.entries(c.env || {}).map(([k, v]) => row(k, v)));
+  const env = Object.entries(c.env || {}).map(([k, v]) => row(k, v));
+  $('#env tbody').replaceChildren(...(env.length ? env : [el('tr', {}, el('td', { class: 'note' }, 'no env'))]));
   const [stats, sessions] = await Promise.all([
     api('GET', '/containers/' + encodeURIComponent(name) + '/stats'),
     api('GET', '/containers/' + encodeURIComponent(name) + '/sessions'),
@@ -184,9 +185,10 @@ async function renderDetail(name) {
     drawRoutes(s.recent);
   }
   if (sessions.status === 200) {
-    $('#sessions tbody').replaceChildren(...sessions.body.data.map((x) => el('tr', {},
+    const rows = sessions.body.data.map((x) => el('tr', {},
       el('td', {}, x.id), el('td', {}, x.peer), el('td', {}, x.path), el('td', {}, x.kind),
-      el('td', {}, x.groups.join(', ')), el('td', {}, x.clientId), el('td', {}, x.queuedFrames))));
+      el('td', {}, x.groups.join(', ')), el('td', {}, x.clientId), el('td', {}, x.queuedFrames)));
+    $('#sessions tbody').replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { class: 'note', colSpan: 7 }, 'no open sessions'))]));
   }
 }
 
@@ -203,6 +205,7 @@ function drawRoutes(samples) {
     g.beginPath();
     list.forEach((s, i) => { const x = 2 + i * step, y = 38 - (s.ms / max) * 34; if (i) g.lineTo(x, y); else g.moveTo(x, y); });
     g.stroke();
+    if (list.length === 1) g.fillRect(178, 36 - (list[0].ms / max) * 34, 4, 4);
     g.fillStyle = '#b3261e';
     list.forEach((s, i) => { if (s.status >= 500) g.fillRect(1 + i * step, 34, 3, 4); });
     const sorted = list.map((s) => s.ms).sort((a, b) => a - b);

@@ -548,6 +548,10 @@ impl Supervisor {
                     3 => (logs::Level::Error, logs::Source::Console),
                     _ => (logs::Level::Error, logs::Source::Uncaught),
                 };
+                // The container's log names its files relative to the mim (as a
+                // deploy error does), not by where the host keeps them.
+                let root = format!("{}/", lock(&self.spec).root.display());
+                let message = message.replace(&root, "");
                 return self
                     .events
                     .on_log(&self.name, level, source, &message, None);
