@@ -199,12 +199,14 @@ function drawRoutes(samples) {
   const rows = [...byRoute.entries()].slice(-12).map(([route, list]) => {
     const canvas = el('canvas', { width: 360, height: 40 });
     const g = canvas.getContext('2d');
-    const max = Math.max(1, ...list.map((s) => s.ms));
+    const top = Math.max(...list.map((s) => s.ms));
+    const max = Math.max(1, top);
     const step = list.length > 1 ? 356 / (list.length - 1) : 0;
     g.strokeStyle = '#2f6fed';
     g.beginPath();
     list.forEach((s, i) => { const x = 2 + i * step, y = 38 - (s.ms / max) * 34; if (i) g.lineTo(x, y); else g.moveTo(x, y); });
     g.stroke();
+    g.fillStyle = '#2f6fed';
     if (list.length === 1) g.fillRect(178, 36 - (list[0].ms / max) * 34, 4, 4);
     g.fillStyle = '#b3261e';
     list.forEach((s, i) => { if (s.status >= 500) g.fillRect(1 + i * step, 34, 3, 4); });
@@ -212,7 +214,7 @@ function drawRoutes(samples) {
     const p50 = sorted[Math.floor(sorted.length / 2)];
     const p95 = sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.95))];
     return el('div', { class: 'route' }, el('span', { class: 'label', title: route }, route), canvas,
-      el('span', {}, list.length + ' req · p50 ' + p50.toFixed(1) + ' · p95 ' + p95.toFixed(1) + ' · max ' + max.toFixed(1)));
+      el('span', {}, list.length + ' req · p50 ' + p50.toFixed(1) + ' · p95 ' + p95.toFixed(1) + ' · max ' + top.toFixed(1)));
   });
   $('#routes').replaceChildren(...(rows.length ? rows : [el('p', { class: 'note' }, 'no requests yet')]));
 }
