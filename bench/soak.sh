@@ -114,7 +114,7 @@ START=$(date +%s)
     sleep "$EVERY"
   done
 ) &
-PIDS+=("$!")
+SAMPLER=$!; PIDS+=("$SAMPLER")
 
 # ---------------------------------------------------------------- hot swap, every minute
 (
@@ -138,7 +138,7 @@ RUNAWAY_EVERY=180; [[ $MINUTES -lt 10 ]] && RUNAWAY_EVERY=60
 "$LOADGEN" soak --base "$BASE" --duration "$SECONDS_TOTAL" --sessions "$SESSIONS" \
   --runaway-every "$RUNAWAY_EVERY" --writes "$WORK/writes.log" >"$OUT/soak-driver.json" 2>"$WORK/driver.err" \
   || say "driver failed: $(tail -n 3 "$WORK/driver.err")"
-kill "$SWAPPER" 2>/dev/null || true
+kill "$SWAPPER" "$SAMPLER" 2>/dev/null || true
 sleep "$EVERY"; sample $(( $(date +%s) - START ))   # one quiet sample after the load
 
 # ---------------------------------------------------------------- verify writes

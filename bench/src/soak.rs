@@ -96,8 +96,12 @@ pub async fn run(plan: SoakPlan) -> std::io::Result<Value> {
 
     // Churning sessions, started spread over the first ten seconds.
     for slot in 0..plan.sessions {
-        let (channel, sources, gate, tally) =
-            (channel.clone(), sources.clone(), gate.clone(), tally.clone());
+        let (channel, sources, gate, tally) = (
+            channel.clone(),
+            sources.clone(),
+            gate.clone(),
+            tally.clone(),
+        );
         let stagger = Duration::from_millis((slot as u64 * 10_000) / plan.sessions.max(1) as u64);
         let hold_max = plan.hold_max_s.max(1);
         tasks.push(tokio::spawn(async move {
@@ -242,9 +246,7 @@ pub async fn run(plan: SoakPlan) -> std::io::Result<Value> {
     for t in tasks {
         let _ = t.await;
     }
-    log.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .flush()?;
+    log.lock().unwrap_or_else(|p| p.into_inner()).flush()?;
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let runaway = tally
         .runaway_statuses
@@ -290,15 +292,14 @@ async fn paced_requests(
             conn = HttpConn::connect(None, &t).await.ok();
         }
         let status = match conn.as_mut() {
-            Some(c) => match tokio::time::timeout(
-                Duration::from_secs(10),
-                c.request(method, &t.path, b""),
-            )
-            .await
-            {
-                Ok(Ok((s, _))) => Some(s),
-                _ => None,
-            },
+            Some(c) => {
+                match tokio::time::timeout(Duration::from_secs(10), c.request(method, &t.path, b""))
+                    .await
+                {
+                    Ok(Ok((s, _))) => Some(s),
+                    _ => None,
+                }
+            }
             None => None,
         };
         if status.is_none() {
