@@ -408,3 +408,30 @@ pub async fn verify(base: &str, writes_log: &str) -> std::io::Result<Value> {
         "first_missing": missing,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hold_times_vary_and_never_stick_at_zero() {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ 1;
+        let draws: Vec<u64> = (0..8).map(|_| next_rand(&mut s) % 20).collect();
+        assert!(draws.iter().any(|&d| d != draws[0]));
+        assert_ne!(s, 0);
+    }
+
+    #[test]
+    fn bad_base_or_missing_log_is_an_error_not_a_panic() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert!(rt
+            .block_on(verify("ftp://127.0.0.1:1", "/nonexistent"))
+            .is_err());
+        assert!(rt
+            .block_on(verify("http://127.0.0.1:1", "/nonexistent/soak-writes"))
+            .is_err());
+    }
+}
