@@ -145,7 +145,7 @@ sleep "$EVERY"; sample $(( $(date +%s) - START ))   # one quiet sample after the
 "$LOADGEN" soak-verify --base "$BASE" --writes "$WORK/writes.log" >"$OUT/soak-verify.json" 2>>"$WORK/driver.err" \
   || say "verify failed"
 cp "$WORK/swaps.csv" "$OUT/soak-swaps.csv" 2>/dev/null || echo "generation,seen" >"$OUT/soak-swaps.csv"
-cp "$WORK/host.log" "$OUT/host.log"
+grep -c "worker restarted" "$WORK/host.log" >"$OUT/soak-restarts.txt" || true
 rm -f "$OUT/writes.log"
 
 # ---------------------------------------------------------------- plot + verdict

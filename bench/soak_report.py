@@ -20,7 +20,18 @@ TOLERANCE = {
     "host_rss_kib": (0.15, 8 * 1024),
     "host_fds": (0.15, 64),
     "worker_rss_sum_kib": (0.20, 16 * 1024),
+    "worker_rss_max_kib": (0.20, 4 * 1024),
 }
+
+
+def slope_per_min(points):
+    """Least-squares slope of (t_s, value) points, per minute."""
+    if len(points) < 2:
+        return 0.0
+    mt = statistics.mean(t for t, _ in points)
+    mv = statistics.mean(v for _, v in points)
+    den = sum((t - mt) ** 2 for t, _ in points)
+    return 0.0 if den == 0 else 60 * sum((t - mt) * (v - mv) for t, v in points) / den
 
 
 def load_json(path):
@@ -54,6 +65,10 @@ def main():
             "end": round(late),
             "after_load": after[col],
             "limit": round(limit),
+            # growth after the plateau starts, per minute: small but steady shows here
+            "slope_per_min": round(
+                slope_per_min([(r["t_s"], r[col]) for r in under_load if r["t_s"] >= plateau[0]["t_s"]]), 1
+            ),
             "flat": late <= limit,
         }
     driver = load_json(out / "soak-driver.json")
@@ -115,8 +130,11 @@ def main():
     for col, c in checks.items():
         print(
             f"{col:20} start {c['start']:>10.0f}  plateau {c['plateau']:>10}  end {c['end']:>10}"
-            f"  after {c['after_load']:>10.0f}  limit {c['limit']:>10}  {'flat' if c['flat'] else 'GROWING'}"
+            f"  after {c['after_load']:>10.0f}  limit {c['limit']:>10}  slope/min {c['slope_per_min']:>8}"
+            f"  {'flat' if c['flat'] else 'GROWING'}"
         )
+        if c["slope_per_min"] > 0.01 * max(c["plateau"], 1):
+            print(f"  note: {col} still grows {c['slope_per_min']:.0f}/min after the plateau (>1 %/min)")
     print(
         f"writes: {verify.get('writes_acknowledged')} acknowledged, {verify.get('writes_verified')} verified"
         f"; hot swaps seen {summary['hot_swaps_seen']}/{summary['hot_swaps']}; runaway {driver.get('runaway')}"
