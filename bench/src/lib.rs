@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod net;
+pub mod soak;
 pub mod stats;
 pub mod ws;
 

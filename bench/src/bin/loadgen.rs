@@ -10,6 +10,9 @@
 //!   (deliveries/s, latency).
 //! - `hold`: open idle sessions (over several processes, each under its own fd limit),
 //!   read the server's RSS before and after, prove the sessions live with one broadcast.
+//! - `soak`: mixed traffic for a fixed time (churning sessions, broadcasts, HTTP,
+//!   logged storage writes, a slow client, a runaway handler); `soak-verify` reads
+//!   every logged write back (`bench/soak.sh` drives both).
 
 use clap::{Args, Parser, Subcommand};
 use mimhost_bench::http::HttpConn;
@@ -44,6 +47,10 @@ enum Command {
     Chat(ChatArgs),
     /// Idle sessions: RSS per session and how many are held.
     Hold(HoldArgs),
+    /// Soak: mixed traffic for a fixed time; acknowledged writes go to a log.
+    Soak(SoakArgs),
+    /// Reads back every write in a soak's log.
+    SoakVerify(SoakVerifyArgs),
     /// Internal: one process's share of `hold`.
     #[command(hide = true)]
     HoldChild(HoldChildArgs),
@@ -193,6 +200,46 @@ struct HoldChildArgs {
     common: Common,
 }
 
+#[derive(Args)]
+struct SoakArgs {
+    /// The host, e.g. http://127.0.0.1:8083 (mims: hello, notify, soak-store, runaway).
+    #[arg(long)]
+    base: String,
+    /// Seconds of traffic.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// WebSocket session slots churning on /ws/notify.
+    #[arg(long, default_value_t = 5000)]
+    sessions: usize,
+    /// Longest hold of one session, in seconds.
+    #[arg(long, default_value_t = 20)]
+    hold_max: u64,
+    /// Seconds between broadcasts.
+    #[arg(long, default_value_t = 2.0)]
+    broadcast_every: f64,
+    /// Seconds between runaway requests.
+    #[arg(long, default_value_t = 180.0)]
+    runaway_every: f64,
+    /// Milliseconds between two requests of one HTTP or writer connection.
+    #[arg(long, default_value_t = 20)]
+    pace_ms: u64,
+    /// File the acknowledged writes are appended to.
+    #[arg(long)]
+    writes: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct SoakVerifyArgs {
+    /// The host, e.g. http://127.0.0.1:8083.
+    #[arg(long)]
+    base: String,
+    /// The soak's writes log.
+    #[arg(long)]
+    writes: String,
+}
+
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -213,6 +260,25 @@ fn main() {
         Command::Http(a) => runtime(a.common.threads).block_on(http_load(a)),
         Command::Chat(a) => runtime(a.common.threads).block_on(chat(a)),
         Command::Hold(a) => hold(a),
+        Command::Soak(a) => {
+            let plan = mimhost_bench::soak::SoakPlan {
+                base: a.base,
+                duration: Duration::from_secs_f64(a.duration),
+                sessions: a.sessions,
+                hold_max_s: a.hold_max,
+                broadcast_every: Duration::from_secs_f64(a.broadcast_every),
+                runaway_every: Duration::from_secs_f64(a.runaway_every),
+                pace: Duration::from_millis(a.pace_ms),
+                writes_log: a.writes,
+                sources: a.common.sources,
+            };
+            runtime(a.common.threads)
+                .block_on(mimhost_bench::soak::run(plan))
+                .unwrap_or_else(|e| json!({"failed": true, "error": e.to_string()}))
+        }
+        Command::SoakVerify(a) => runtime(1)
+            .block_on(mimhost_bench::soak::verify(&a.base, &a.writes))
+            .unwrap_or_else(|e| json!({"failed": true, "error": e.to_string()})),
         Command::HoldChild(a) => {
             runtime(a.common.threads).block_on(hold_child(a));
             return;
