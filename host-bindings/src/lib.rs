@@ -11,21 +11,21 @@ mod jobs;
 mod modules;
 mod natives;
 pub mod nesting;
-mod outbound;
 mod net;
 mod net_natives;
+mod outbound;
 mod request;
 mod ws;
 
 pub use host_api::{HostApi, LogLevel, Storage, StorageError};
 pub use isolate::{Isolate, LoadError, MimSpec};
-pub use outbound::{
-    file_area_path, FileAreaError, OutboundHttpEvent, OutboundHttpHead, OutboundHttpMode,
-    OutboundHttpRequest,
-};
 pub use net::{
     resolve_handler, ClientAnswer, ClientCall, ClientData, ClientEvent, ClientOp,
     MAX_CLIENTS_PER_CONTAINER, MAX_QUEUED_CLIENT_SENDS,
+};
+pub use outbound::{
+    file_area_path, FileAreaError, OutboundHttpEvent, OutboundHttpHead, OutboundHttpMode,
+    OutboundHttpRequest,
 };
 pub use request::HttpRequest;
 pub use ws::{SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery};

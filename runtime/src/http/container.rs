@@ -23,14 +23,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let request = match read_request(
-        req,
-        state.config.max_body,
-        rest,
-        peer,
-        state.local_port,
-    )
-    .await
+    let request = match read_request(req, state.config.max_body, rest, peer, state.local_port).await
     {
         Ok(request) => request,
         Err(refusal) => return refusal,
