@@ -1,3 +1,4 @@
+// @ts-check
 // mims/ask — route style: ask a chat-completions API (OpenAI-compatible, e.g. a local
 // Ollama or llama.cpp server) and stream the answer to the client as plain text while
 // the model is still writing it. The host makes the outbound request

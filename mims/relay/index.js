@@ -1,3 +1,4 @@
+// @ts-check
 // Seed 002 both ways (Dirigible's sdk/net): a browser talks to the endpoint
 // ws://HOST/websockets/v4/service/relay (relay.websocket); for each session the
 // relay handler opens an outbound client to RELAY_TARGET and relays messages both

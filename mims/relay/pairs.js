@@ -1,3 +1,4 @@
+// @ts-check
 // Which outbound client relays for which browser session (both ways). Kept in
 // the worker: a worker restart forgets the pairs, and the relay then opens a new
 // client for a session's next message.

@@ -1,3 +1,4 @@
+// @ts-check
 // The endpoint's handler ("relay/relay-handler": "relay" is the Dirigible project
 // name, which names no folder here and is dropped). Browser -> upstream.
 const { websockets } = require('sdk/net');

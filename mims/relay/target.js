@@ -1,3 +1,4 @@
+// @ts-check
 // Where the relay's outbound clients connect: env RELAY_TARGET, else this mim's
 // own echo endpoint on this host.
 exports.uri = function () {

@@ -1,3 +1,4 @@
+// @ts-check
 // The outbound clients' handler: upstream -> browser.
 const websocket = require('/lib/xp/websocket');
 const { websockets } = require('sdk/net');
