@@ -2,7 +2,8 @@
 //! order, against one real host. The word after a block's language says how:
 //!
 //! - `sh host`: the `mimhost serve` line; the host is started with its flags.
-//! - `js mim=NAME/FILE`, `json mim=NAME/FILE`: saved as `mims/NAME/FILE`; once the
+//! - `js mim=NAME/FILE`, `json mim=NAME/FILE`: saved as `mims/NAME/FILE` (with
+//!   `127.0.0.1:8083` pointing at the test host); once the
 //!   mim has an `index.js` the test waits for the host to (re)load it.
 //! - `js file=PATH`: saved as `PATH` in the shell's working folder.
 //! - `sh run`: run with bash there (`mimhost` on PATH, the token in
@@ -228,7 +229,7 @@ async fn every_block_of_the_guide_runs() {
                     .split_once('/')
                     .unwrap_or_else(|| panic!("{at}: mim=NAME/FILE"));
                 let before = last_seq(host, name).await;
-                mims.write(arg, &block.text);
+                mims.write(arg, &localise(&block.text, host));
                 if mims.path().join(name).join("index.js").exists() {
                     wait_loaded(host, name, before).await;
                 }
