@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mimhost_bindings::{
-    HostApi, HttpRequest, Isolate, LogLevel, MimSpec, SessionInfo, Storage, StorageError,
+    HostApi, HttpRequest, Isolate, LogLevel, MimSpec, OutboundHttpRequest, SessionInfo, Storage, StorageError,
     WsAnswer, WsEvent, WsOp, WsQuery,
 };
 use std::cell::RefCell;
@@ -82,6 +82,10 @@ impl HostApi for Host {
     fn storage(&self) -> &dyn Storage {
         &self.store
     }
+    fn outbound_http(&self, _: OutboundHttpRequest) -> u64 {
+        0
+    }
+    fn delete_file(&self, _: &str) {}
 }
 
 type Job = (Vec<u8>, mpsc::SyncSender<()>);
