@@ -83,6 +83,13 @@ struct ServeArgs {
     /// Largest WebSocket message a client may send (bigger: close 1009), e.g. 16MiB.
     #[arg(long, env = "MIMHOST_MAX_MESSAGE", default_value = "1MiB", value_parser = parse_size)]
     max_message: u64,
+    /// Most requests and session events queued for one container (past it: 503 with
+    /// Retry-After, or the session is closed 1008).
+    #[arg(long, env = "MIMHOST_MAX_QUEUE", default_value_t = 1024)]
+    max_queue: usize,
+    /// Most bytes of bodies and messages queued for one container (e.g. 64MiB).
+    #[arg(long, env = "MIMHOST_MAX_QUEUE_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    max_queue_bytes: u64,
 }
 
 impl From<ServeArgs> for Config {
@@ -101,6 +108,8 @@ impl From<ServeArgs> for Config {
             max_image: a.max_image as usize,
             ping_interval: a.ping_interval,
             max_message: a.max_message as usize,
+            max_queue: a.max_queue,
+            max_queue_bytes: a.max_queue_bytes as usize,
         }
     }
 }

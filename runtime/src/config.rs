@@ -33,6 +33,11 @@ pub struct Config {
     pub max_image: usize,
     /// Largest WebSocket message a client may send, in bytes (bigger: close 1009).
     pub max_message: usize,
+    /// Most calls (requests and session events) queued for one container's worker;
+    /// past it a request gets 503 with `Retry-After` and a session is closed 1008.
+    pub max_queue: usize,
+    /// Most bytes (bodies, headers, messages) queued for one container's worker.
+    pub max_queue_bytes: usize,
 }
 
 impl Default for Config {
@@ -51,6 +56,8 @@ impl Default for Config {
             ping_interval: Duration::from_secs(30),
             max_image: 64 * 1024 * 1024,
             max_message: 1024 * 1024,
+            max_queue: crate::supervisor::QueueLimits::default().calls,
+            max_queue_bytes: crate::supervisor::QueueLimits::default().bytes,
         }
     }
 }

@@ -82,6 +82,10 @@ pub async fn run(config: Config) -> Result<(), HostError> {
             &config.data,
             config.max_body,
         )),
+        queue: crate::supervisor::QueueLimits {
+            calls: config.max_queue,
+            bytes: config.max_queue_bytes,
+        },
     };
     let hub = Arc::new(Hub::new(&node.node_id, Arc::new(LocalBackplane)));
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));

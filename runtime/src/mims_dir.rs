@@ -188,7 +188,7 @@ pub async fn apply_changes(
                     .await
                     .map(|_| ())
             }
-            Some(_) => Err("a deployed container has this name; the folder copy is ignored".into()),
+            Some(_) => Err(crate::registry::RegistryError::NameTaken { name: name.clone() }),
             None => registry
                 .start(mim.spec.clone(), Origin::MimsFolder)
                 .await

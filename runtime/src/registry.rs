@@ -1,7 +1,7 @@
 //! The running containers: start, hot swap, remove, and routing by base path.
 
 use crate::endpoints::{Endpoint, ENDPOINT_PREFIX};
-use crate::supervisor::{Supervisor, WorkerEvents, WorkerLimits};
+use crate::supervisor::{Call, InvokeError, Supervisor, WorkerEvents, WorkerLimits};
 use mimhost_bindings::MimSpec;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +14,59 @@ pub enum Origin {
     MimsFolder,
     /// Created through the MCM API.
     Deployed,
+}
+
+/// Why a container could not be started or swapped. The MCM API picks a status by
+/// variant (409 for what is taken, 400 for code that does not load).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    /// Another container has this name.
+    #[error("a container named '{name}' already exists")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
+    /// Another container serves at this base path.
+    #[error("base path {base_path} is already used by container '{owner}'")]
+    BasePathTaken {
+        /// The base path.
+        base_path: String,
+        /// The container using it.
+        owner: String,
+    },
+    /// Another container serves this Dirigible endpoint.
+    #[error("WebSocket endpoint {ENDPOINT_PREFIX}{endpoint} is already used by container '{owner}'")]
+    EndpointTaken {
+        /// The endpoint name.
+        endpoint: String,
+        /// The container serving it.
+        owner: String,
+    },
+    /// The mim's endpoint descriptors are wrong.
+    #[error("{message}")]
+    BadEndpoints {
+        /// What is wrong, naming the file.
+        message: String,
+    },
+    /// No container has this name.
+    #[error("no container named '{name}'")]
+    NotFound {
+        /// The name.
+        name: String,
+    },
+    /// A hot swap would move the base path.
+    #[error("the base path of '{name}' cannot change in place ({from} -> {to}); remove and create it")]
+    BasePathFixed {
+        /// The container.
+        name: String,
+        /// Its base path.
+        from: String,
+        /// The one asked for.
+        to: String,
+    },
+    /// Starting or loading in the worker failed (the code did not load, …).
+    #[error(transparent)]
+    Invoke(#[from] InvokeError),
 }
 
 /// A running container.
@@ -110,9 +163,15 @@ impl Registry {
 
     /// Starts a new container; refuses a taken name or base path and code that does
     /// not load (nothing is left running then).
-    pub async fn start(&self, spec: MimSpec, origin: Origin) -> Result<Arc<Container>, String> {
+    pub async fn start(
+        &self,
+        spec: MimSpec,
+        origin: Origin,
+    ) -> Result<Arc<Container>, RegistryError> {
         self.check_free(&spec.name, &spec.base_path)?;
-        let endpoints = crate::endpoints::discover(&spec).map_err(|e| e.to_string())?;
+        let endpoints = crate::endpoints::discover(&spec).map_err(|e| RegistryError::BadEndpoints {
+            message: e.to_string(),
+        })?;
         self.claim_endpoints(&spec.name, &endpoints)?;
         let store = crate::worker::store_dir(&self.data, &spec.name);
         let base_path = spec.base_path.clone();
@@ -122,7 +181,7 @@ impl Registry {
                 Ok(s) => s,
                 Err(e) => {
                     self.release_endpoints(&name);
-                    return Err(e);
+                    return Err(e.into());
                 }
             };
         let container = Arc::new(Container {
@@ -146,14 +205,14 @@ impl Registry {
         &self,
         container: &str,
         wanted: &[Endpoint],
-    ) -> Result<Vec<Endpoint>, String> {
+    ) -> Result<Vec<Endpoint>, RegistryError> {
         let mut all = write(&self.endpoints);
         for e in wanted {
             if let Some((owner, _)) = all.get(&e.endpoint).filter(|(o, _)| o != container) {
-                return Err(format!(
-                    "WebSocket endpoint {ENDPOINT_PREFIX}{} is already used by container '{owner}'",
-                    e.endpoint
-                ));
+                return Err(RegistryError::EndpointTaken {
+                    endpoint: e.endpoint.clone(),
+                    owner: owner.clone(),
+                });
             }
         }
         let previous: Vec<Endpoint> = all
@@ -189,40 +248,46 @@ impl Registry {
         Some((self.get(&container)?, endpoint))
     }
 
-    fn check_free(&self, name: &str, base_path: &str) -> Result<(), String> {
+    fn check_free(&self, name: &str, base_path: &str) -> Result<(), RegistryError> {
         for c in read(&self.containers).iter() {
             if c.name == name {
-                return Err(format!("a container named '{name}' already exists"));
+                return Err(RegistryError::NameTaken {
+                    name: name.to_string(),
+                });
             }
             if c.base_path == base_path {
-                return Err(format!(
-                    "base path {base_path} is already used by container '{}'",
-                    c.name
-                ));
+                return Err(RegistryError::BasePathTaken {
+                    base_path: base_path.to_string(),
+                    owner: c.name.clone(),
+                });
             }
         }
         Ok(())
     }
 
     /// Hot swaps a container to new code/env; sessions stay, a failed load keeps the old.
-    pub async fn update(&self, spec: MimSpec) -> Result<(), String> {
-        let container = self
-            .get(&spec.name)
-            .ok_or_else(|| format!("no container named '{}'", spec.name))?;
+    pub async fn update(&self, spec: MimSpec) -> Result<(), RegistryError> {
+        let container = self.get(&spec.name).ok_or_else(|| RegistryError::NotFound {
+            name: spec.name.clone(),
+        })?;
         if container.base_path != spec.base_path {
-            return Err(format!(
-                "the base path of '{}' cannot change in place ({} -> {}); remove and create it",
-                spec.name, container.base_path, spec.base_path
-            ));
+            return Err(RegistryError::BasePathFixed {
+                name: spec.name.clone(),
+                from: container.base_path.clone(),
+                to: spec.base_path.clone(),
+            });
         }
-        let endpoints = crate::endpoints::discover(&spec).map_err(|e| e.to_string())?;
+        let endpoints = crate::endpoints::discover(&spec).map_err(|e| RegistryError::BadEndpoints {
+            message: e.to_string(),
+        })?;
         let previous = self.claim_endpoints(&spec.name, &endpoints)?;
         let name = spec.name.clone();
-        let reloaded = container.supervisor.reload(spec).await;
-        if reloaded.is_err() {
+        let reloaded = container.supervisor.invoke(Call::Load(spec)).await;
+        if let Err(e) = reloaded {
             self.restore_endpoints(&name, previous);
+            return Err(e.into());
         }
-        reloaded
+        Ok(())
     }
 
     /// Stops and removes a container.

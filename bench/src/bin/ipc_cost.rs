@@ -16,7 +16,7 @@ use mimhost_bindings::{
     HostApi, HttpRequest, Isolate, LogLevel, MimSpec, SessionInfo, Storage, StorageError, WsAnswer,
     WsOp, WsQuery,
 };
-use mimhost_runtime::supervisor::{HttpPart, Supervisor, WorkerEvents, WorkerLimits};
+use mimhost_runtime::supervisor::{Call, Reply, Supervisor, WorkerEvents, WorkerLimits};
 use serde_json::json;
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -181,21 +181,24 @@ fn main() {
                 &store,
                 10 << 20,
             )),
+            queue: Default::default(),
         };
         let sup = Supervisor::start(spec.clone(), store.clone(), limits, Arc::new(NullEvents))
             .await
             .expect("the worker starts");
         let call = |sup: Arc<Supervisor>, request: HttpRequest| async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            let mut inv = sup.http(request, deadline).await.expect("invoke");
-            while let Some(part) = inv.parts.recv().await {
-                match part {
-                    HttpPart::Full { .. } | HttpPart::End => return true,
-                    HttpPart::Failed { .. } => return false,
-                    _ => {}
+            match sup.invoke(Call::Http(request)).await {
+                Ok(Reply::Full { .. }) => true,
+                Ok(Reply::Stream { mut body, .. }) => {
+                    while let Some(chunk) = body.next().await {
+                        if chunk.is_err() {
+                            return false;
+                        }
+                    }
+                    true
                 }
+                _ => false,
             }
-            false
         };
         for _ in 0..(iterations / 10).max(100) {
             call(sup.clone(), request.clone()).await;

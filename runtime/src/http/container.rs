@@ -1,10 +1,10 @@
 //! A request for a container: read the body (bounded), hand it to the worker, and
-//! turn the parts that come back into a whole or streamed response, under a deadline.
+//! turn the reply into a whole or streamed response (the deadline is the supervisor's).
 
 use super::body::{full, json_error, Body};
 use crate::host::HostState;
 use crate::registry::Container;
-use crate::supervisor::{HttpPart, Invocation};
+use crate::supervisor::{Call, InvokeError, Reply, ReplyStream};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming};
@@ -30,16 +30,28 @@ pub async fn handle(
     };
     let route = format!("{} {}", request.method, request.path);
     let started = Instant::now();
-    let deadline = started + state.config.handler_timeout;
-    let resp = match container.supervisor.http(request, deadline).await {
-        Ok(invocation) => answer(container.clone(), invocation, deadline).await,
-        Err(e) => json_error(503, &e.to_string()),
+    let resp = match container.supervisor.invoke(Call::Http(request)).await {
+        Ok(reply) => respond_reply(reply),
+        Err(e) => invoke_error(&e),
     };
     let (status, elapsed) = (resp.status().as_u16(), started.elapsed());
     state.metrics.record_http(&container.name, status, elapsed);
     state
         .metrics
         .record_sample(&container.name, &route, status, elapsed);
+    resp
+}
+
+/// The answer for a failed invocation: its status, and `Retry-After` when the
+/// container is busy (its queue is full) or restarting.
+pub fn invoke_error(error: &InvokeError) -> Response<Body> {
+    let mut resp = json_error(error.status(), &error.to_string());
+    if matches!(error, InvokeError::Busy { .. } | InvokeError::NotReady) {
+        resp.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static("1"),
+        );
+    }
     resp
 }
 
@@ -188,39 +200,24 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Waits for the worker's answer; past the deadline the worker is killed and 504 sent.
-async fn answer(
-    container: Arc<Container>,
-    mut invocation: Invocation,
-    deadline: Instant,
-) -> Response<Body> {
-    let first = match tokio::time::timeout_at(deadline, invocation.parts.recv()).await {
-        Ok(Some(part)) => part,
-        Ok(None) => return json_error(500, "the worker dropped the request"),
-        Err(_) => {
-            overran(&container, &invocation);
-            return json_error(
-                504,
-                &format!(
-                    "{} did not answer within the handler timeout",
-                    container.name
-                ),
-            );
-        }
-    };
-    match first {
-        HttpPart::Full {
+/// Turns a container's answer into a response: whole, or streamed as it comes.
+pub fn respond_reply(reply: Reply) -> Response<Body> {
+    match reply {
+        Reply::Full {
             status,
             headers,
             body,
         } => respond(status, &headers, full(body)),
-        HttpPart::Failed { message } => json_error(500, &message),
-        HttpPart::Start { status, headers } => {
+        Reply::Stream {
+            status,
+            headers,
+            body,
+        } => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
-            tokio::spawn(stream_chunks(container, invocation, deadline, tx));
+            tokio::spawn(stream_chunks(body, tx));
             respond(status, &headers, super::body::streamed(rx))
         }
-        HttpPart::Chunk(_) | HttpPart::End | HttpPart::Accept { .. } => {
+        Reply::Accept { .. } | Reply::Queued | Reply::Loaded => {
             json_error(500, "the worker answered out of order")
         }
     }
@@ -228,43 +225,18 @@ async fn answer(
 
 /// Forwards streamed chunks until the end, the worker's death or the deadline.
 async fn stream_chunks(
-    container: Arc<Container>,
-    mut invocation: Invocation,
-    deadline: Instant,
+    mut body: ReplyStream,
     tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
 ) {
-    loop {
-        match tokio::time::timeout_at(deadline, invocation.parts.recv()).await {
-            Ok(Some(HttpPart::Chunk(bytes))) => {
-                if tx.send(Ok(Frame::data(bytes))).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Some(HttpPart::End)) => return,
-            Ok(Some(HttpPart::Failed { message })) => {
-                let _ = tx.send(Err(std::io::Error::other(message))).await;
-                return;
-            }
-            Ok(Some(_)) | Ok(None) => return,
-            Err(_) => {
-                overran(&container, &invocation);
-                let _ = tx
-                    .send(Err(std::io::Error::other(
-                        "handler timeout while streaming",
-                    )))
-                    .await;
-                return;
-            }
+    while let Some(chunk) = body.next().await {
+        let frame = chunk
+            .map(Frame::data)
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        let failed = frame.is_err();
+        if tx.send(frame).await.is_err() || failed {
+            return;
         }
     }
-}
-
-/// A stream over an mpsc receiver.
-/// Lets the supervisor deal with an overrun invocation without delaying the answer.
-fn overran(container: &Arc<Container>, invocation: &Invocation) {
-    let supervisor = container.supervisor.clone();
-    let (id, generation) = (invocation.id, invocation.generation);
-    tokio::spawn(async move { supervisor.overran(id, generation).await });
 }
 
 fn respond(status: u16, headers: &[(String, String)], body: Body) -> Response<Body> {

@@ -6,7 +6,10 @@ mod container;
 mod shed;
 
 pub use body::{full, json, json_error, streamed, Body};
-pub use container::{client_address, header_map, parse_query, read_request, request_data};
+pub use container::{
+    client_address, header_map, invoke_error, parse_query, read_request, request_data,
+    respond_reply,
+};
 
 use crate::host::HostState;
 use hyper::body::Incoming;

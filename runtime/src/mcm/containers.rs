@@ -2,7 +2,10 @@
 //! Each is recorded in `<data>/containers/<name>.json` and started again at boot.
 
 use super::{images, persist, time, ApiError, ApiResult, Mcm};
-use crate::registry::{base_path_for, Origin};
+use crate::registry::{base_path_for, Origin, RegistryError};
+
+/// What a start error's message begins with when the code did not load.
+const START_CONTEXT: &str = "the container's code does not load: ";
 use mimhost_bindings::MimSpec;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -211,15 +214,23 @@ fn string_member<'a>(body: &'a Value, key: &str) -> Result<Option<&'a str>, ApiE
     }
 }
 
-/// Maps a registry start error to a status: conflicts 409, anything else (the code
-/// did not load) 400.
-fn start_error(mcm: &Mcm, image_id: &str, message: String) -> ApiError {
+/// Maps a registry error to a status by its variant: what is taken 409, a worker
+/// that is busy, stopped or cannot start 503/500, code that does not load 400.
+/// `context` prefixes the message of a load failure.
+fn registry_error(mcm: &Mcm, image_id: &str, error: RegistryError, context: &str) -> ApiError {
     let root = format!("{}/", mcm.images.files_dir(image_id).display());
-    let message = message.replace(&root, "");
-    if message.contains("already exists") || message.contains("is already used by") {
-        ApiError::conflict(message)
-    } else {
-        ApiError::bad(format!("the container's code does not load: {message}"))
+    let message = error.to_string().replace(&root, "");
+    match error {
+        RegistryError::NameTaken { .. }
+        | RegistryError::BasePathTaken { .. }
+        | RegistryError::EndpointTaken { .. } => ApiError::conflict(message),
+        RegistryError::NotFound { .. } => ApiError::not_found(message),
+        RegistryError::BasePathFixed { .. } => ApiError::bad(message),
+        RegistryError::BadEndpoints { .. } => ApiError::bad(format!("{context}{message}")),
+        RegistryError::Invoke(e) => match e.status() {
+            400 => ApiError::bad(format!("{context}{message}")),
+            status => ApiError::new(status, message),
+        },
     }
 }
 
@@ -280,7 +291,7 @@ pub async fn create(mcm: &Mcm, body: Value) -> ApiResult {
     mcm.registry
         .start(spec, Origin::Deployed)
         .await
-        .map_err(|e| start_error(mcm, &image.id, e))?;
+        .map_err(|e| registry_error(mcm, &image.id, e, START_CONTEXT))?;
     let record = ContainerRecord {
         id: name.clone(),
         name: name.clone(),
@@ -399,22 +410,23 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
     let spec = spec_for(mcm, &record.name, &image.id, &env, &base_path);
     if mcm.registry.get(&record.name).is_some() {
         mcm.registry.update(spec).await.map_err(|e| {
-            let e = e.replace(
-                &format!("{}/", mcm.images.files_dir(&image.id).display()),
-                "",
+            let taken = matches!(e, RegistryError::EndpointTaken { .. });
+            let mut error = registry_error(
+                mcm,
+                &image.id,
+                e,
+                "the new code does not load; the previous version keeps serving: ",
             );
-            if e.contains("is already used by") {
-                return ApiError::conflict(format!("{e}; the previous version keeps serving"));
+            if taken {
+                error.message.push_str("; the previous version keeps serving");
             }
-            ApiError::bad(format!(
-                "the new code does not load; the previous version keeps serving: {e}"
-            ))
+            error
         })?;
     } else {
         mcm.registry
             .start(spec, Origin::Deployed)
             .await
-            .map_err(|e| start_error(mcm, &image.id, e))?;
+            .map_err(|e| registry_error(mcm, &image.id, e, START_CONTEXT))?;
     }
     if let Some(r) = reference {
         record.image = r;
@@ -501,7 +513,11 @@ pub async fn restore(mcm: &Mcm) {
                 &record.env,
                 &record.base_path,
             );
-            mcm.registry.start(spec, Origin::Deployed).await.err()
+            mcm.registry
+                .start(spec, Origin::Deployed)
+                .await
+                .err()
+                .map(|e| e.to_string())
         };
         match &error {
             None => tracing::info!(container = %record.name, "restored at {}", record.base_path),

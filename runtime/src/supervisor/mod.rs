@@ -1,11 +1,20 @@
-//! The host side of one container's worker process: spawn, framed IPC, deadlines,
-//! kill and warm restart.
+//! The host side of one container's worker process: spawn, framed IPC, the one
+//! in-flight table with its deadlines and bounds, kill and warm restart.
+//!
+//! Every invocation goes through [`Supervisor::invoke`]: it becomes an entry of the
+//! table (`table.rs`), is written to the live worker (or parked until one is live),
+//! and its deadline is kept by one watcher task per container.
 //!
 //! A worker owns nothing the host needs to keep: every socket lives in the host, so a
 //! worker that hangs, grows too big or crashes is killed and replaced while sessions
 //! and other containers carry on.
 
+mod call;
 mod spawn;
+mod table;
+
+pub use call::{Call, InvokeError, Reply, ReplyStream};
+pub use table::QueueLimits;
 
 use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
 use crate::logs;
@@ -13,18 +22,21 @@ use crate::outbound::OutboundHttp;
 use crate::ws::client::ClientEvents;
 use crate::ws::clients::ClientSet;
 use bytes::Bytes;
+use call::Part;
 use mimhost_bindings::{
     ClientEvent, HttpRequest, MimSpec, OutboundHttpRequest, SessionInfo, WsAnswer, WsEvent, WsOp,
     WsQuery,
 };
 use std::collections::HashMap;
+use std::future::Future;
+use table::{Calls, Entry, Waiter};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 /// How long a worker has to answer a ping before it counts as stuck.
@@ -42,6 +54,9 @@ pub struct WorkerLimits {
     /// The host's outbound HTTP (`context.http.request`, `fetch`): its client,
     /// `--max-body` and the file area, shared by every worker.
     pub outbound: Arc<OutboundHttp>,
+    /// How many calls and bytes may queue for one worker (`--max-queue`,
+    /// `--max-queue-bytes`); past it a request gets 503 and a session is closed 1008.
+    pub queue: QueueLimits,
 }
 
 /// Where a worker's output goes besides HTTP answers: the hub, in practice.
@@ -67,64 +82,6 @@ pub trait WorkerEvents: Send + Sync + 'static {
         _cause: Option<logs::Cause>,
     ) {
     }
-}
-
-/// One piece of an HTTP answer coming back from a worker.
-#[derive(Debug)]
-pub enum HttpPart {
-    /// A streamed answer begins.
-    Start {
-        /// Status code.
-        status: u16,
-        /// Headers.
-        headers: Vec<(String, String)>,
-    },
-    /// A chunk of a streamed answer.
-    Chunk(Bytes),
-    /// The streamed answer is complete.
-    End,
-    /// A complete answer.
-    Full {
-        /// Status code.
-        status: u16,
-        /// Headers.
-        headers: Vec<(String, String)>,
-        /// Body.
-        body: Bytes,
-    },
-    /// The upgrade is accepted as a WebSocket session.
-    Accept {
-        /// JSON text of the session data.
-        data: String,
-        /// Subprotocols the mim offers.
-        protocols: Vec<String>,
-    },
-    /// The worker went away before answering.
-    Failed {
-        /// Why.
-        message: String,
-    },
-}
-
-/// Why an invocation could not even be sent.
-#[derive(Debug, thiserror::Error)]
-pub enum InvokeError {
-    /// No worker became ready before the deadline.
-    #[error("the container's worker is not ready (restarting)")]
-    NotReady,
-    /// The container was stopped.
-    #[error("the container is stopped")]
-    Stopped,
-}
-
-/// An invocation in flight: its answer parts and the worker generation running it.
-pub struct Invocation {
-    /// Answer parts, in order.
-    pub parts: mpsc::UnboundedReceiver<HttpPart>,
-    /// Request id within the worker.
-    pub id: u64,
-    /// Which worker process runs it (for [`Supervisor::overran`]).
-    pub generation: u64,
 }
 
 /// Something for the worker's JavaScript to handle, in order: a session event or an
@@ -173,12 +130,7 @@ struct Live {
     generation: u64,
     pid: u32,
     to_worker: mpsc::UnboundedSender<ToWorker>,
-    pending: Mutex<HashMap<u64, mpsc::UnboundedSender<HttpPart>>>,
-    load_reply: Mutex<Option<oneshot::Sender<Option<String>>>>,
-    pongs: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     kill_reason: Mutex<Option<String>>,
-    /// Events sent and not yet acknowledged: (seq, sent at, event).
-    ws_inflight: Mutex<std::collections::VecDeque<(u64, Instant, Inbound)>>,
     /// Set when the host retired this worker on purpose and wants a replacement.
     replace: AtomicBool,
     /// Its outbound HTTP requests in flight, by id: aborted when it goes, so no
@@ -186,6 +138,17 @@ struct Live {
     outbound: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
     /// Set when it was retired for running past the handler timeout.
     timed_out: AtomicBool,
+    /// Set while a stuck check of it runs (one at a time).
+    checking: AtomicBool,
+    /// Turns true once the process is reaped.
+    exited: watch::Sender<bool>,
+}
+
+/// What [`Supervisor::submit`] leaves the caller to wait for.
+enum Ticket {
+    Http(mpsc::UnboundedReceiver<Part>),
+    Queued,
+    Load(oneshot::Receiver<Result<(), InvokeError>>, MimSpec),
 }
 
 /// Supervises the worker process of one container.
@@ -195,15 +158,12 @@ pub struct Supervisor {
     store_dir: PathBuf,
     limits: WorkerLimits,
     events: Arc<dyn WorkerEvents>,
-    live: Mutex<Option<Arc<Live>>>,
-    ready: Notify,
-    next_id: AtomicU64,
+    /// The live worker and every call queued for or running in it.
+    calls: Mutex<Calls>,
+    /// Wakes the deadline watcher (a nearer deadline, a new worker, the stop).
+    wake: Notify,
     generations: AtomicU64,
     stopped: AtomicBool,
-    /// Events that arrived while no worker was live.
-    waiting: Mutex<Vec<Inbound>>,
-    /// `error` events for the sessions and clients whose event a dead worker dropped.
-    dropped: Mutex<Vec<Inbound>>,
     /// Whether the code exports `webSocketEvent`; session events are sent only then
     /// (sessions on Dirigible endpoints excepted).
     ws_handler: AtomicBool,
@@ -224,32 +184,31 @@ impl Supervisor {
         store_dir: PathBuf,
         limits: WorkerLimits,
         events: Arc<dyn WorkerEvents>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, InvokeError> {
         let sup = Arc::new(Self {
             name: spec.name.clone(),
             spec: Mutex::new(spec),
             store_dir,
             limits,
             events,
-            live: Mutex::new(None),
-            ready: Notify::new(),
-            next_id: AtomicU64::new(1),
+            calls: Mutex::new(Calls::default()),
+            wake: Notify::new(),
             generations: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
-            waiting: Mutex::new(Vec::new()),
-            dropped: Mutex::new(Vec::new()),
             ws_handler: AtomicBool::new(false),
             outbound_slots: Arc::new(OutboundHttp::container_slots()),
             restarts: AtomicU64::new(0),
             clients: ClientSet::default(),
         });
+        tokio::spawn(sup.clone().watch_deadlines());
         if let Err(e) = sup.spawn_worker().await {
             // Clients its code made while failing to load go with it.
             sup.clients.close_all();
+            sup.stopped.store(true, Ordering::Relaxed);
+            sup.wake.notify_one();
             return Err(e);
         }
         sup.host_log(logs::Level::Info, "started", None);
-        tokio::spawn(sup.clone().watch_events());
         Ok(sup)
     }
 
@@ -279,96 +238,227 @@ impl Supervisor {
         lock(&self.spec).clone()
     }
 
-    fn current(&self) -> Option<Arc<Live>> {
-        lock(&self.live).clone()
+    /// Calls queued for or running in the worker (what the queue limit counts).
+    pub fn queued(&self) -> usize {
+        lock(&self.calls).queued()
+    }
+
+    /// Runs one invocation: an HTTP request or upgrade, a session event, a hot swap.
+    ///
+    /// The call is taken (or refused: [`InvokeError::Busy`], [`InvokeError::Stopped`])
+    /// before the returned future is first polled, so a caller that cannot wait (a
+    /// session event) learns at once whether it was queued. The future resolves with
+    /// the answer, or with [`InvokeError::TimedOut`] when the handler timeout passes.
+    pub fn invoke(
+        &self,
+        call: Call,
+    ) -> impl Future<Output = Result<Reply, InvokeError>> + Send + '_ {
+        let ticket = match call {
+            Call::Http(request) => {
+                let (parts, rx) = mpsc::unbounded_channel();
+                let bytes = request_bytes(&request);
+                let waiter = Waiter::Http {
+                    parts,
+                    parked: Some(request),
+                };
+                self.submit(waiter, bytes, true).map(|()| Ticket::Http(rx))
+            }
+            Call::Event(event) => {
+                let bytes = event_bytes(event.message.as_deref());
+                self.submit(Waiter::Event(Inbound::Session(event)), bytes, true)
+                    .map(|()| Ticket::Queued)
+            }
+            Call::Load(spec) => {
+                let (reply, rx) = oneshot::channel();
+                let waiter = Waiter::Load {
+                    reply,
+                    parked: Some(spec.clone()),
+                };
+                self.submit(waiter, 0, false)
+                    .map(|()| Ticket::Load(rx, spec))
+            }
+        };
+        async move {
+            match ticket? {
+                Ticket::Queued => Ok(Reply::Queued),
+                Ticket::Http(rx) => self.first_part(rx).await,
+                Ticket::Load(rx, spec) => self.loaded(rx, spec).await,
+            }
+        }
+    }
+
+    /// Puts a call in the table: written to the live worker, or parked until one is
+    /// live. Requests and events count against the queue limits.
+    fn submit(&self, waiter: Waiter, bytes: usize, bounded: bool) -> Result<(), InvokeError> {
+        let mut calls = lock(&self.calls);
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(InvokeError::Stopped);
+        }
+        if bounded {
+            calls.admit(bytes, self.limits.queue, &self.name)?;
+        }
+        let entry = Entry {
+            waiter,
+            sent_to: None,
+            deadline: Some(Instant::now() + self.limits.handler_timeout),
+            expired: false,
+            bytes,
+            bounded,
+        };
+        let (_, earlier) = calls.add(entry, None, &self.store_dir);
+        drop(calls);
+        if earlier {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Turns the first part of an HTTP answer into a [`Reply`].
+    async fn first_part(&self, mut rx: mpsc::UnboundedReceiver<Part>) -> Result<Reply, InvokeError> {
+        match rx.recv().await {
+            Some(Part::Full {
+                status,
+                headers,
+                body,
+            }) => Ok(Reply::Full {
+                status,
+                headers,
+                body,
+            }),
+            Some(Part::Start { status, headers }) => Ok(Reply::Stream {
+                status,
+                headers,
+                body: ReplyStream { parts: rx },
+            }),
+            Some(Part::Accept { data, protocols }) => Ok(Reply::Accept { data, protocols }),
+            Some(Part::Failed(e)) => Err(e),
+            Some(Part::Chunk(_) | Part::End) => Err(InvokeError::OutOfOrder),
+            None => Err(InvokeError::WorkerGone {
+                container: self.name.clone(),
+                reason: "it dropped the request".into(),
+            }),
+        }
+    }
+
+    /// Waits for a hot swap's verdict and logs it.
+    async fn loaded(
+        &self,
+        rx: oneshot::Receiver<Result<(), InvokeError>>,
+        spec: MimSpec,
+    ) -> Result<Reply, InvokeError> {
+        let verdict = rx.await.unwrap_or_else(|_| Err(self.gone("it exited while loading the new code")));
+        match verdict {
+            Ok(()) => {
+                *lock(&self.spec) = spec;
+                self.host_log(
+                    logs::Level::Info,
+                    "hot swapped: the new code is serving",
+                    None,
+                );
+                Ok(Reply::Loaded)
+            }
+            Err(e) => {
+                if matches!(e, InvokeError::LoadFailed { .. }) {
+                    self.host_log(
+                        logs::Level::Error,
+                        &format!(
+                            "the new code did not load; the previous version keeps serving: {e}"
+                        ),
+                        None,
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn gone(&self, reason: &str) -> InvokeError {
+        InvokeError::WorkerGone {
+            container: self.name.clone(),
+            reason: reason.to_string(),
+        }
     }
 
     /// Spawns a worker, loads the code and makes it the live one. (Boxed: the reader
     /// task it starts may call it again to restart, which a plain async fn cannot.)
-    fn spawn_worker(self: &Arc<Self>) -> BoxFuture<'_, Result<(), String>> {
+    fn spawn_worker(self: &Arc<Self>) -> BoxFuture<'_, Result<(), InvokeError>> {
         Box::pin(self.spawn_worker_inner())
     }
 
-    async fn spawn_worker_inner(self: &Arc<Self>) -> Result<(), String> {
+    async fn spawn_worker_inner(self: &Arc<Self>) -> Result<(), InvokeError> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let (child, stream) = spawn::worker_process(self.limits.memory_bytes)
-            .map_err(|e| format!("cannot start a worker process: {e}"))?;
+        let (child, stream) =
+            spawn::worker_process(self.limits.memory_bytes).map_err(|e| InvokeError::Spawn {
+                reason: e.to_string(),
+            })?;
         let pid = child.id().unwrap_or(0);
         let (read, write) = stream.into_split();
         let (to_worker, rx) = mpsc::unbounded_channel();
-        let (load_tx, load_rx) = oneshot::channel();
         let live = Arc::new(Live {
             generation,
             pid,
             to_worker,
-            pending: Mutex::new(HashMap::new()),
-            load_reply: Mutex::new(Some(load_tx)),
-            pongs: Mutex::new(HashMap::new()),
             kill_reason: Mutex::new(None),
-            ws_inflight: Mutex::new(std::collections::VecDeque::new()),
             replace: AtomicBool::new(false),
             outbound: Mutex::new(HashMap::new()),
             timed_out: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
+            exited: watch::Sender::new(false),
         });
         tokio::spawn(write_frames(write, rx));
         tokio::spawn(self.clone().read_frames(read, live.clone(), child));
-        let spec = self.spec();
-        let _ = live.to_worker.send(ToWorker::Load {
-            spec,
-            store_dir: self.store_dir.clone(),
-        });
-        let loaded = tokio::time::timeout(self.limits.handler_timeout, load_rx).await;
-        let error = match loaded {
-            Ok(Ok(None)) => None,
-            Ok(Ok(Some(e))) => Some(e),
-            Ok(Err(_)) => Some("the worker exited while loading the code".to_string()),
-            Err(_) => Some(format!(
-                "loading the code took longer than the handler timeout ({:?})",
-                self.limits.handler_timeout
-            )),
+        let (reply, verdict) = oneshot::channel();
+        let load = Entry {
+            waiter: Waiter::Load {
+                reply,
+                parked: Some(self.spec()),
+            },
+            sent_to: None,
+            deadline: Some(Instant::now() + self.limits.handler_timeout),
+            expired: false,
+            bytes: 0,
+            bounded: false,
         };
-        if let Some(e) = error {
+        let (_, earlier) = lock(&self.calls).add(load, Some(&live), &self.store_dir);
+        if earlier {
+            self.wake.notify_one();
+        }
+        let verdict = verdict
+            .await
+            .unwrap_or_else(|_| Err(self.gone("it exited while loading the code")));
+        if let Err(e) = verdict {
             kill(&live, "its code did not load");
             return Err(e);
         }
-        self.catch_up(&live);
+        self.resume_sessions(&live);
         if !self.go_live(live.clone(), false) {
             kill(&live, "the container stopped while it was starting");
         }
-        self.ready.notify_waiters();
         Ok(())
     }
 
-    /// Tells a fresh worker about the open sessions, reports dropped events to their
-    /// sessions, and hands over the events that waited for it.
-    fn catch_up(&self, live: &Live) {
-        self.resume_sessions(live);
-        for event in std::mem::take(&mut *lock(&self.dropped)) {
-            self.send_event(live, event);
-        }
-    }
-
     /// Makes `live` the worker that gets invocations (unless `only_if_none` and one
-    /// already is, or the container stopped), first handing it the events that
-    /// waited. Both happen under the `waiting` lock, which [`Self::deliver`] takes
-    /// when no worker is live, so no event is left behind between the two.
+    /// already is, or the container stopped), first writing it every call parked
+    /// meanwhile, oldest first: the `error` events for what a dead worker dropped,
+    /// the events it never started, then what came while no worker was live.
     fn go_live(&self, live: Arc<Live>, only_if_none: bool) -> bool {
-        let mut waiting = lock(&self.waiting);
-        let mut current = lock(&self.live);
-        if (only_if_none && current.is_some()) || self.stopped.load(Ordering::Relaxed) {
+        let mut calls = lock(&self.calls);
+        if (only_if_none && calls.live.is_some()) || self.stopped.load(Ordering::Relaxed) {
             return false;
         }
-        for event in waiting.drain(..) {
-            self.send_event(&live, event);
-        }
-        *current = Some(live);
+        calls.send_parked(&live, &self.store_dir, self.limits.handler_timeout);
+        calls.live = Some(live);
+        drop(calls);
+        self.wake.notify_one();
         true
     }
 
     /// Tells the worker about every open session (a `resume` event each, no handler call).
-    fn resume_sessions(&self, live: &Live) {
+    fn resume_sessions(&self, live: &Arc<Live>) {
         let all = self.wants_ws_events();
-        for info in self.events.sessions_of(&self.name) {
+        let sessions = self.events.sessions_of(&self.name);
+        let mut calls = lock(&self.calls);
+        for info in sessions {
             if !all && info.handler.is_none() {
                 continue;
             }
@@ -378,8 +468,18 @@ impl Supervisor {
                 kind: "resume".into(),
                 ..WsEvent::default()
             };
-            self.send_event(live, Inbound::Session(event));
+            let entry = Entry {
+                waiter: Waiter::Event(Inbound::Session(event)),
+                sent_to: None,
+                deadline: Some(Instant::now() + self.limits.handler_timeout),
+                expired: false,
+                bytes: 0,
+                bounded: false,
+            };
+            calls.add(entry, Some(live), &self.store_dir);
         }
+        drop(calls);
+        self.wake.notify_one();
     }
 
     /// Whether the container's code listens to session events (`webSocketEvent`).
@@ -387,61 +487,122 @@ impl Supervisor {
         self.ws_handler.load(Ordering::Relaxed)
     }
 
-    fn send_event(&self, live: &Live, event: Inbound) {
-        let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&live.ws_inflight).push_back((seq, Instant::now(), event.clone()));
-        let _ = live.to_worker.send(event.message(seq));
-    }
-
     /// Whether events of `session` still wait for or run in the worker: a closing
     /// session waits for them so the replies to what it received go out first.
     pub fn ws_busy(&self, session: &str) -> bool {
-        let of_session = |e: &Inbound| matches!(e, Inbound::Session(e) if e.session == session);
-        if lock(&self.waiting).iter().any(of_session) {
-            return true;
-        }
-        self.current().is_some_and(|live| {
-            lock(&live.ws_inflight)
-                .iter()
-                .any(|(_, _, e)| of_session(e))
+        lock(&self.calls).entries.values().any(|e| {
+            matches!(&e.waiter, Waiter::Event(Inbound::Session(ev)) if ev.session == session)
         })
     }
 
-    /// Hands an event to the live worker, or keeps it for the next one.
-    fn deliver(&self, event: Inbound) {
-        if let Some(live) = self.current() {
-            return self.send_event(&live, event);
-        }
-        let mut waiting = lock(&self.waiting);
-        // Checked again under the lock `go_live` holds while it drains the queue.
-        match self.current() {
-            Some(live) => {
-                drop(waiting);
-                self.send_event(&live, event);
+    /// The one deadline mechanism: sleeps until the nearest deadline of the table,
+    /// then answers what ran out of time (504 for a request the worker has, 503 for
+    /// one that never found a live worker) and checks whether the worker is stuck.
+    async fn watch_deadlines(self: Arc<Self>) {
+        loop {
+            let (next, stuck) = {
+                let mut calls = lock(&self.calls);
+                if self.stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let stuck = self.expire(&mut calls, Instant::now());
+                let next = calls
+                    .entries
+                    .values()
+                    .filter(|e| !e.expired)
+                    .filter_map(|e| e.deadline)
+                    .min();
+                calls.watch_at = next;
+                (next, stuck)
+            };
+            for live in stuck {
+                self.clone().spawn_check(live);
             }
-            None => waiting.push(event),
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+                None => self.wake.notified().await,
+            }
         }
     }
 
-    /// Delivers a session event to `webSocketEvent` (or the session's Dirigible
-    /// handler), in order per session; events that arrive during a restart wait for
-    /// the new worker.
-    pub fn ws_event(&self, event: WsEvent) {
-        self.deliver(Inbound::Session(event));
-    }
-
-    /// Kills a worker whose session event has run past the handler timeout.
-    async fn watch_events(self: Arc<Self>) {
-        let tick = (self.limits.handler_timeout / 4)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        while !self.stopped.load(Ordering::Relaxed) {
-            tokio::time::sleep(tick).await;
-            let Some(live) = self.current() else { continue };
-            let oldest = lock(&live.ws_inflight).front().map(|(_, at, _)| *at);
-            if oldest.is_some_and(|at| at.elapsed() > self.limits.handler_timeout) {
-                self.check_stuck(&live).await;
+    /// Acts on every deadline that passed; returns the workers to check for a loop.
+    fn expire(&self, calls: &mut Calls, now: Instant) -> Vec<Arc<Live>> {
+        let due: Vec<u64> = calls
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.expired && e.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut stuck: Vec<Arc<Live>> = Vec::new();
+        let mut suspect = |live: Arc<Live>| {
+            if !stuck.iter().any(|l| l.generation == live.generation) {
+                stuck.push(live);
+            }
+        };
+        for id in due {
+            let Some(entry) = calls.entries.get_mut(&id) else {
+                continue;
+            };
+            if let Waiter::Event(_) = entry.waiter {
+                // It stays until acknowledged; the stuck check decides the rest.
+                entry.expired = true;
+                if let Some(live) = entry.sent_to.clone() {
+                    suspect(live);
+                }
+                continue;
+            }
+            let Some(entry) = calls.remove(id) else {
+                continue;
+            };
+            let error = match &entry.sent_to {
+                Some(_) => InvokeError::TimedOut {
+                    container: self.name.clone(),
+                },
+                None => InvokeError::NotReady,
+            };
+            match entry.waiter {
+                Waiter::Http { parts, .. } => {
+                    let _ = parts.send(Part::Failed(error));
+                    if let Some(live) = entry.sent_to {
+                        suspect(live);
+                    }
+                }
+                Waiter::Load { reply, .. } => {
+                    let _ = reply.send(Err(error));
+                    // Code still loading past the deadline is not trusted to serve.
+                    if let Some(live) = entry.sent_to {
+                        if calls
+                            .live
+                            .as_ref()
+                            .is_some_and(|l| l.generation == live.generation)
+                        {
+                            calls.live = None;
+                            live.replace.store(true, Ordering::Relaxed);
+                            live.timed_out.store(true, Ordering::Relaxed);
+                        }
+                        kill(&live, "loading the code overran the handler timeout");
+                    }
+                }
+                Waiter::Event(_) | Waiter::Ping(_) => {}
             }
         }
+        stuck
+    }
+
+    /// Runs a stuck check of `live` unless one already runs.
+    fn spawn_check(self: Arc<Self>, live: Arc<Live>) {
+        if live.checking.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tokio::spawn(async move {
+            self.check_stuck(&live).await;
+            live.checking.store(false, Ordering::Relaxed);
+        });
     }
 
     /// Reads the worker's frames until it exits, then fails what it left unanswered
@@ -470,6 +631,7 @@ impl Supervisor {
             }
         }
         let status = child.wait().await;
+        live.exited.send_replace(true);
         let cause = if live.timed_out.load(Ordering::Relaxed) {
             logs::Cause::Timeout
         } else if matches!(&status, Ok(s) if s.code() == Some(crate::worker::EXIT_MEMORY)) {
@@ -494,15 +656,28 @@ impl Supervisor {
 
     /// Hands one frame from the worker to whoever waits for it.
     fn route(self: &Arc<Self>, live: &Arc<Live>, message: FromWorker) {
-        let part = match message {
+        let (id, part, last) = match message {
             FromWorker::Loaded { error, ws_handler } => {
                 let had = self.ws_handler.swap(ws_handler, Ordering::Relaxed);
                 if ws_handler && !had {
                     // New code listens to sessions the old one ignored: introduce them.
                     self.resume_sessions(live);
                 }
-                if let Some(reply) = lock(&live.load_reply).take() {
-                    let _ = reply.send(error);
+                let verdict = error.map_or(Ok(()), |e| Err(InvokeError::load_failed(e)));
+                let mut calls = lock(&self.calls);
+                let load = calls
+                    .entries
+                    .iter()
+                    .find(|(_, e)| {
+                        matches!(e.waiter, Waiter::Load { .. }) && e.sent_to_gen(live.generation)
+                    })
+                    .map(|(id, _)| *id);
+                if let Some(Entry {
+                    waiter: Waiter::Load { reply, .. },
+                    ..
+                }) = load.and_then(|id| calls.remove(id))
+                {
+                    let _ = reply.send(verdict);
                 }
                 return;
             }
@@ -521,9 +696,17 @@ impl Supervisor {
                 return;
             }
             FromWorker::Done { seq } => {
-                let mut inflight = lock(&live.ws_inflight);
-                while inflight.front().is_some_and(|(s, _, _)| *s <= seq) {
-                    inflight.pop_front();
+                let mut calls = lock(&self.calls);
+                let done: Vec<u64> = calls
+                    .entries
+                    .range(..=seq)
+                    .filter(|(_, e)| {
+                        matches!(e.waiter, Waiter::Event(_)) && e.sent_to_gen(live.generation)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in done {
+                    calls.remove(id);
                 }
                 return;
             }
@@ -531,9 +714,14 @@ impl Supervisor {
                 id,
                 data,
                 protocols,
-            } => (id, HttpPart::Accept { data, protocols }, true),
+            } => (id, Part::Accept { data, protocols }, true),
             FromWorker::Pong { id } => {
-                if let Some(tx) = lock(&live.pongs).remove(&id) {
+                let mut calls = lock(&self.calls);
+                if let Some(Entry {
+                    waiter: Waiter::Ping(tx),
+                    ..
+                }) = calls.remove(id)
+                {
                     let _ = tx.send(());
                 }
                 return;
@@ -566,9 +754,9 @@ impl Supervisor {
                 id,
                 status,
                 headers,
-            } => (id, HttpPart::Start { status, headers }, false),
-            FromWorker::HttpChunk { id, chunk } => (id, HttpPart::Chunk(Bytes::from(chunk)), false),
-            FromWorker::HttpEnd { id } => (id, HttpPart::End, true),
+            } => (id, Part::Start { status, headers }, false),
+            FromWorker::HttpChunk { id, chunk } => (id, Part::Chunk(Bytes::from(chunk)), false),
+            FromWorker::HttpEnd { id } => (id, Part::End, true),
             FromWorker::HttpFull {
                 id,
                 status,
@@ -576,7 +764,7 @@ impl Supervisor {
                 body,
             } => (
                 id,
-                HttpPart::Full {
+                Part::Full {
                     status,
                     headers,
                     body: Bytes::from(body),
@@ -584,14 +772,21 @@ impl Supervisor {
                 true,
             ),
         };
-        let (id, part, last) = part;
-        let mut pending = lock(&live.pending);
-        if let Some(tx) = pending.get(&id) {
-            let _ = tx.send(part);
+        let mut calls = lock(&self.calls);
+        if let Some(Entry {
+            waiter: Waiter::Http { parts, .. },
+            ..
+        }) = calls.entries.get(&id)
+        {
+            let _ = parts.send(part);
+            if last {
+                calls.remove(id);
+            }
         }
-        if last {
-            pending.remove(&id);
-        }
+    }
+
+    fn current(&self) -> Option<Arc<Live>> {
+        lock(&self.calls).live.clone()
     }
 
     /// Runs an outbound HTTP request of `live`'s code on the host; what comes back
@@ -620,39 +815,52 @@ impl Supervisor {
 
     /// A worker exited: answer its leftovers and replace it (unless stopped).
     async fn worker_gone(self: &Arc<Self>, live: &Arc<Live>, reason: &str, cause: logs::Cause) {
+        abort_outbound(live);
+        let error = self.gone(reason);
         let was_current = {
-            let mut current = lock(&self.live);
-            let same = current
+            let mut calls = lock(&self.calls);
+            let same = calls
+                .live
                 .as_ref()
                 .is_some_and(|c| c.generation == live.generation);
             if same {
-                *current = None;
+                calls.live = None;
+            }
+            let mine: Vec<u64> = calls
+                .entries
+                .iter()
+                .filter(|(_, e)| e.sent_to_gen(live.generation))
+                .map(|(id, _)| *id)
+                .collect();
+            // The oldest unanswered event is the one the worker died on: its session
+            // gets an `error` event. The worker never started the ones behind it:
+            // they wait, in order, for the next worker.
+            let mut culprit = true;
+            for id in mine {
+                if let Some(entry) = calls.entries.get_mut(&id) {
+                    if let Waiter::Event(event) = &entry.waiter {
+                        if culprit {
+                            entry.waiter = Waiter::Event(event.dropped());
+                            culprit = false;
+                        }
+                        entry.sent_to = None;
+                        entry.deadline = None;
+                        entry.expired = false;
+                        continue;
+                    }
+                }
+                match calls.remove(id).map(|e| e.waiter) {
+                    Some(Waiter::Http { parts, .. }) => {
+                        let _ = parts.send(Part::Failed(error.clone()));
+                    }
+                    Some(Waiter::Load { reply, .. }) => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    _ => {}
+                }
             }
             same
         };
-        let message = format!(
-            "the worker of {} stopped before answering: {reason}",
-            self.name
-        );
-        abort_outbound(live);
-        for (_, tx) in lock(&live.pending).drain() {
-            let _ = tx.send(HttpPart::Failed {
-                message: message.clone(),
-            });
-        }
-        // The oldest unanswered event is the one the worker died on: its session gets an
-        // `error` event. The worker never started the ones behind it: they go again.
-        let mut unanswered: Vec<Inbound> = lock(&live.ws_inflight)
-            .drain(..)
-            .map(|(_, _, e)| e)
-            .collect();
-        if !unanswered.is_empty() {
-            let culprit = unanswered.remove(0);
-            lock(&self.dropped).push(culprit.dropped());
-            let mut waiting = lock(&self.waiting);
-            unanswered.append(&mut waiting);
-            *waiting = unanswered;
-        }
         let wanted = was_current || live.replace.load(Ordering::Relaxed);
         if !wanted || self.stopped.load(Ordering::Relaxed) {
             return;
@@ -682,84 +890,42 @@ impl Supervisor {
         }
     }
 
-    /// Waits (until `deadline`) for a live worker.
-    async fn live_before(&self, deadline: Instant) -> Result<Arc<Live>, InvokeError> {
-        loop {
-            if self.stopped.load(Ordering::Relaxed) {
-                return Err(InvokeError::Stopped);
-            }
-            let notified = self.ready.notified();
-            if let Some(live) = self.current() {
-                return Ok(live);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(InvokeError::NotReady);
-            }
-        }
-    }
-
-    /// Sends an HTTP request to the worker; the answer arrives on the returned channel.
-    pub async fn http(
-        &self,
-        request: HttpRequest,
-        deadline: Instant,
-    ) -> Result<Invocation, InvokeError> {
-        let live = self.live_before(deadline).await?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, parts) = mpsc::unbounded_channel();
-        lock(&live.pending).insert(id, tx);
-        if live.to_worker.send(ToWorker::Http { id, request }).is_err() {
-            lock(&live.pending).remove(&id);
-            return Err(InvokeError::NotReady);
-        }
-        Ok(Invocation {
-            parts,
-            id,
-            generation: live.generation,
-        })
-    }
-
-    /// An invocation ran past its deadline: forget it, and if the worker does not
-    /// answer a ping at once (it is stuck in a loop) kill it; a worker that merely has
-    /// a handler that never ended keeps running.
-    pub async fn overran(&self, id: u64, generation: u64) {
-        let Some(live) = self.current().filter(|l| l.generation == generation) else {
-            return;
-        };
-        lock(&live.pending).remove(&id);
-        self.check_stuck(&live).await;
-    }
-
     /// Pings the worker; one that does not answer at once is stuck in a loop and is
-    /// killed (a replacement starts). New invocations wait for the verdict rather
-    /// than queue behind a loop.
+    /// killed (a replacement starts). New invocations are parked meanwhile rather
+    /// than queued behind a loop.
     async fn check_stuck(&self, live: &Arc<Live>) {
-        let paused = {
-            let mut current = lock(&self.live);
-            let same = current
+        let (tx, rx) = oneshot::channel();
+        let (paused, ping) = {
+            let mut calls = lock(&self.calls);
+            let same = calls
+                .live
                 .as_ref()
                 .is_some_and(|c| c.generation == live.generation);
             if same {
-                *current = None;
+                calls.live = None;
                 live.replace.store(true, Ordering::Relaxed);
             }
-            same
+            let ping = Entry {
+                waiter: Waiter::Ping(tx),
+                sent_to: None,
+                deadline: None,
+                expired: false,
+                bytes: 0,
+                bounded: false,
+            };
+            let (id, _) = calls.add(ping, Some(live), &self.store_dir);
+            (same, id)
         };
-        let ping = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        lock(&live.pongs).insert(ping, tx);
-        let _ = live.to_worker.send(ToWorker::Ping { id: ping });
-        if tokio::time::timeout(PING_GRACE, rx).await.is_ok() {
+        if matches!(tokio::time::timeout(PING_GRACE, rx).await, Ok(Ok(()))) {
             if paused {
                 live.replace.store(false, Ordering::Relaxed);
                 if !self.go_live(live.clone(), true) {
                     live.replace.store(true, Ordering::Relaxed);
                 }
-                self.ready.notify_waiters();
             }
             return;
         }
-        lock(&live.pongs).remove(&ping);
+        lock(&self.calls).remove(ping);
         let reason = format!(
             "an invocation ran past the handler timeout ({:?})",
             self.limits.handler_timeout
@@ -773,84 +939,73 @@ impl Supervisor {
         live.replace.store(true, Ordering::Relaxed);
         live.timed_out.store(true, Ordering::Relaxed);
         {
-            let mut current = lock(&self.live);
-            if current
+            let mut calls = lock(&self.calls);
+            if calls
+                .live
                 .as_ref()
                 .is_some_and(|c| c.generation == live.generation)
             {
-                *current = None;
+                calls.live = None;
             }
         }
         kill(live, reason);
     }
 
-    /// Hot swaps the worker to new code or env; a failed load keeps the old code.
-    pub async fn reload(&self, spec: MimSpec) -> Result<(), String> {
-        let deadline = Instant::now() + self.limits.handler_timeout;
-        let live = self
-            .live_before(deadline)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (tx, rx) = oneshot::channel();
-        *lock(&live.load_reply) = Some(tx);
-        let message = ToWorker::Load {
-            spec: spec.clone(),
-            store_dir: self.store_dir.clone(),
-        };
-        live.to_worker
-            .send(message)
-            .map_err(|_| "the worker is gone".to_string())?;
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(None)) => {
-                *lock(&self.spec) = spec;
-                self.host_log(
-                    logs::Level::Info,
-                    "hot swapped: the new code is serving",
-                    None,
-                );
-                Ok(())
-            }
-            Ok(Ok(Some(e))) => {
-                self.host_log(
-                    logs::Level::Error,
-                    &format!("the new code did not load; the previous version keeps serving: {e}"),
-                    None,
-                );
-                Err(e)
-            }
-            Ok(Err(_)) => Err("the worker exited while loading the new code".into()),
-            Err(_) => {
-                self.retire(&live, "loading new code overran the handler timeout");
-                Err("loading the new code took longer than the handler timeout".into())
-            }
-        }
-    }
-
-    /// Stops the worker: it flushes its store and exits (killed if it does not, soon).
+    /// Stops the worker: every waiting call fails with [`InvokeError::Stopped`], the
+    /// worker flushes its store and exits (killed if it does not within 5 s).
     pub async fn stop(&self) {
-        self.stopped.store(true, Ordering::Relaxed);
-        self.ready.notify_waiters();
+        let live = {
+            let mut calls = lock(&self.calls);
+            self.stopped.store(true, Ordering::Relaxed);
+            for entry in calls.drain() {
+                match entry.waiter {
+                    Waiter::Http { parts, .. } => {
+                        let _ = parts.send(Part::Failed(InvokeError::Stopped));
+                    }
+                    Waiter::Load { reply, .. } => {
+                        let _ = reply.send(Err(InvokeError::Stopped));
+                    }
+                    Waiter::Event(_) | Waiter::Ping(_) => {}
+                }
+            }
+            calls.live.take()
+        };
+        self.wake.notify_one();
         self.events.on_stopped(&self.name);
         self.clients.close_all();
-        let Some(live) = lock(&self.live).take() else {
+        let Some(live) = live else {
             return;
         };
         abort_outbound(&live);
         let _ = live.to_worker.send(ToWorker::Shutdown);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while process_alive(live.pid) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if process_alive(live.pid) {
+        let mut exited = live.exited.subscribe();
+        let waited = tokio::time::timeout(Duration::from_secs(5), exited.wait_for(|gone| *gone));
+        if waited.await.is_err() {
             kill(&live, "it did not stop in time");
         }
     }
 }
 
+/// What an HTTP request counts against the queue's byte limit.
+fn request_bytes(request: &HttpRequest) -> usize {
+    let headers: usize = request
+        .headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    request.body.len() + request.url.len() + headers
+}
+
+/// What a session or client event counts against the queue's byte limit.
+fn event_bytes(message: Option<&str>) -> usize {
+    64 + message.map_or(0, str::len)
+}
+
 impl ClientEvents for Supervisor {
     fn client_event(&self, event: ClientEvent) {
-        if !self.stopped.load(Ordering::Relaxed) {
-            self.deliver(Inbound::Client(event));
+        let bytes = event_bytes(event.message.as_deref());
+        if let Err(e) = self.submit(Waiter::Event(Inbound::Client(event)), bytes, true) {
+            tracing::warn!(container = %self.name, "outbound client event dropped: {e}");
         }
     }
 }
@@ -873,19 +1028,6 @@ fn kill(live: &Live, reason: &str) {
         // SAFETY: plain syscall on a pid we spawned and have not reaped yet.
         unsafe { libc::kill(live.pid as i32, libc::SIGKILL) };
     }
-}
-
-fn process_alive(pid: u32) -> bool {
-    // A reaped or absent process leaves no /proc entry; a zombie has state Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
 }
 
 /// Drains the outgoing queue, batching everything queued into one write.

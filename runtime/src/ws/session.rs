@@ -5,9 +5,12 @@
 use super::codec::{close, close_frame, ping_frame, pong_frame, Decoder, Incoming, Violation};
 use crate::hub::{Hub, Outgoing, SessionHandle};
 use crate::registry::Container;
+use crate::supervisor::{Call, InvokeError};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use mimhost_bindings::WsEvent;
+use futures_util::FutureExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,7 +79,7 @@ impl Session {
             return;
         }
         let info = (kind == "open").then(|| self.handle.info.clone());
-        self.container.supervisor.ws_event(WsEvent {
+        self.call(WsEvent {
             session: self.handle.info.id.clone(),
             info,
             kind: kind.into(),
@@ -87,11 +90,27 @@ impl Session {
         });
     }
 
+    /// Queues an event for the container; when its queue is full the session is
+    /// handled as a client that fell behind (SPEC 5.5): closed 1008 and counted.
+    fn call(&self, event: WsEvent) {
+        let queued = self
+            .container
+            .supervisor
+            .invoke(Call::Event(event))
+            .now_or_never();
+        if let Some(Err(e @ InvokeError::Busy { .. })) = queued {
+            if self.handle.close_slow() {
+                self.handle.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(session = %self.handle.info.id, "closed 1008: {e}");
+            }
+        }
+    }
+
     fn error_event(&self, error: &str) {
         if !self.heard() {
             return;
         }
-        self.container.supervisor.ws_event(WsEvent {
+        self.call(WsEvent {
             session: self.handle.info.id.clone(),
             kind: "error".into(),
             error: Some(error.into()),

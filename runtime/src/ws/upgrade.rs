@@ -6,7 +6,7 @@ use crate::host::HostState;
 use crate::http::{json_error, Body};
 use crate::hub::{SessionHandle, SessionKind};
 use crate::registry::Container;
-use crate::supervisor::HttpPart;
+use crate::supervisor::{Call, Reply};
 use base64::Engine;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -21,7 +21,6 @@ use sha1::{Digest, Sha1};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 /// Whether `req` asks for a WebSocket upgrade.
 pub fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -95,14 +94,8 @@ pub async fn upgrade(
         return json_error(404, &format!("no container serves {path}"));
     };
     let request = upgrade_request(&req, rest, peer, state.local_port);
-    let deadline = Instant::now() + state.config.handler_timeout;
-    let mut invocation = match container.supervisor.http(request, deadline).await {
-        Ok(i) => i,
-        Err(e) => return json_error(503, &e.to_string()),
-    };
-    let answer = tokio::time::timeout_at(deadline, invocation.parts.recv()).await;
-    match answer {
-        Ok(Some(HttpPart::Accept { data, protocols })) => {
+    match container.supervisor.invoke(Call::Http(request)).await {
+        Ok(Reply::Accept { data, protocols }) => {
             let info = session_info(state, &req, peer, data);
             let chosen = choose_protocol(&req, &protocols);
             accept(
@@ -115,39 +108,9 @@ pub async fn upgrade(
                 chosen,
             )
         }
-        Ok(Some(HttpPart::Full {
-            status,
-            headers,
-            body,
-        })) => {
-            let mut resp = Response::new(crate::http::full(body));
-            *resp.status_mut() =
-                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            for (n, v) in headers {
-                if let (Ok(n), Ok(v)) = (
-                    hyper::header::HeaderName::from_bytes(n.as_bytes()),
-                    HeaderValue::from_str(&v),
-                ) {
-                    resp.headers_mut().append(n, v);
-                }
-            }
-            resp
-        }
-        Ok(Some(HttpPart::Failed { message })) => json_error(500, &message),
-        Ok(Some(_)) => json_error(500, "a streamed answer cannot refuse a WebSocket upgrade"),
-        Ok(None) => json_error(500, "the worker dropped the upgrade request"),
-        Err(_) => {
-            let supervisor = container.supervisor.clone();
-            let (id, generation) = (invocation.id, invocation.generation);
-            tokio::spawn(async move { supervisor.overran(id, generation).await });
-            json_error(
-                504,
-                &format!(
-                    "{} did not answer the upgrade within the handler timeout",
-                    container.name
-                ),
-            )
-        }
+        Ok(reply @ Reply::Full { .. }) => crate::http::respond_reply(reply),
+        Ok(_) => json_error(500, "a streamed answer cannot refuse a WebSocket upgrade"),
+        Err(e) => crate::http::invoke_error(&e),
     }
 }
 
