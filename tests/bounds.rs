@@ -71,7 +71,9 @@ async fn a_flooded_container_answers_503_with_retry_after_and_harms_no_one() {
     for _ in 0..3 {
         let flood: Vec<_> = (0..FLOOD)
             .map(|_| {
-                let request = client.get(host.url("/slow/slow")).body(vec![b'x'; 64 * 1024]);
+                let request = client
+                    .get(host.url("/slow/slow"))
+                    .body(vec![b'x'; 64 * 1024]);
                 tokio::spawn(async move {
                     let resp = request.send().await.expect("the host answers");
                     let status = resp.status().as_u16();
@@ -103,7 +105,11 @@ async fn a_flooded_container_answers_503_with_retry_after_and_harms_no_one() {
                     ok += 1;
                 }
                 503 => {
-                    assert_eq!(retry.as_deref(), Some("1"), "503 without Retry-After: {text}");
+                    assert_eq!(
+                        retry.as_deref(),
+                        Some("1"),
+                        "503 without Retry-After: {text}"
+                    );
                     assert!(text.contains("busy"), "the 503 says why: {text}");
                     busy += 1;
                 }
@@ -120,7 +126,10 @@ async fn a_flooded_container_answers_503_with_retry_after_and_harms_no_one() {
     assert!(ok >= QUEUE, "the queue's worth is served: {rounds:?}");
     assert!(busy >= FLOOD, "most of the flood is refused: {rounds:?}");
     assert!(worst_calm < MAX_LATENCY, "calm slowed to {worst_calm:?}");
-    assert!(worst_health < MAX_LATENCY, "healthz slowed to {worst_health:?}");
+    assert!(
+        worst_health < MAX_LATENCY,
+        "healthz slowed to {worst_health:?}"
+    );
     assert!(
         after < before + 96 * 1024,
         "host memory grew from {before} KiB to {after} KiB"

@@ -5,30 +5,12 @@ use crate::config::Config;
 use crate::hub::{Hub, LocalBackplane};
 use crate::mims_dir::{self, NodeFacts};
 use crate::registry::Registry;
+use crate::state::HostState;
 use crate::supervisor::WorkerLimits;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-/// What request handlers share.
-pub struct HostState {
-    /// The settings.
-    pub config: Config,
-    /// The containers.
-    pub registry: Arc<Registry>,
-    /// The port actually bound.
-    pub local_port: u16,
-    /// The MCM API token (`Authorization: Bearer <token>`).
-    pub token: String,
-    /// The MCM API's images and deployed containers.
-    pub mcm: Arc<crate::mcm::Mcm>,
-    /// Counters for `GET /metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// WebSocket sessions, groups and fan-out.
-    pub hub: Arc<Hub>,
-}
 
 /// Errors that stop the host from starting.
 #[derive(Debug, thiserror::Error)]
@@ -89,15 +71,17 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     };
     let hub = Arc::new(Hub::new(&node.node_id, Arc::new(LocalBackplane)));
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));
+    let (stop, shutdown) = crate::shutdown::signal();
     let seen = mims_dir::load_all(&registry, &config.mims, &node).await;
-    if config.watch {
+    let watcher = config.watch.then(|| {
         tokio::spawn(mims_dir::watch(
             registry.clone(),
             config.mims.clone(),
             node.clone(),
             seen,
-        ));
-    }
+            shutdown.clone(),
+        ))
+    });
     let mcm = Arc::new(crate::mcm::Mcm::open(
         &config,
         registry.clone(),
@@ -114,22 +98,21 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         metrics,
         hub: hub.clone(),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
     // The port is bound above but not served before everything is loaded, so a
     // client that connects can use every mim.
     println!("listening on http://{local}");
     let _ = std::io::stdout().flush();
     tracing::info!(node = %node.node_id, "mimhost serving on http://{local}");
-    let server = tokio::spawn(crate::http::serve(listener, state, stop_rx));
+    let server = tokio::spawn(crate::http::serve(listener, state, shutdown));
     wait_for_signal().await;
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
+    stop.fire();
     hub.close_all(crate::ws::codec::close::GOING_AWAY, "host shutting down");
-    let closing = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while hub.session_count() > 0 && tokio::time::Instant::now() < closing {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), hub.all_closed()).await;
     let _ = server.await;
+    if let Some(watcher) = watcher {
+        let _ = watcher.await;
+    }
     registry.stop_all().await;
     tracing::info!("stopped");
     Ok(())

@@ -4,9 +4,9 @@
 //! first time a container is seen. To add a counter, add an atomic field and a line
 //! in the matching `render_*` function.
 
+use crate::prom::Exposition;
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -124,13 +124,13 @@ impl Metrics {
 
     /// Prometheus text exposition of every counter; `containers` is how many run now.
     pub fn render(&self, containers: usize) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP mimhost_containers Containers running on this node."
+        let mut out = Exposition::default();
+        out.family(
+            "mimhost_containers",
+            "gauge",
+            "Containers running on this node.",
         );
-        let _ = writeln!(out, "# TYPE mimhost_containers gauge");
-        let _ = writeln!(out, "mimhost_containers {containers}");
+        out.sample("mimhost_containers", &[], containers);
         let all: Vec<(String, Arc<ContainerMetrics>)> = self
             .per_container
             .read()
@@ -153,65 +153,54 @@ impl Metrics {
             |m| &m.http_errors,
         );
         render_latency(&mut out, &all);
-        out
+        out.finish()
     }
 }
 
 /// One counter family with a `container` label.
 fn render_counter(
-    out: &mut String,
+    out: &mut Exposition,
     name: &str,
     help: &str,
     all: &[(String, Arc<ContainerMetrics>)],
     field: impl Fn(&ContainerMetrics) -> &AtomicU64,
 ) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} counter");
+    out.family(name, "counter", help);
     for (container, m) in all {
-        let _ = writeln!(
-            out,
-            "{name}{{container=\"{}\"}} {}",
-            label(container),
-            field(m).load(Ordering::Relaxed)
+        out.sample(
+            name,
+            &[("container", container)],
+            field(m).load(Ordering::Relaxed),
         );
     }
 }
 
 /// The handler latency histogram.
-fn render_latency(out: &mut String, all: &[(String, Arc<ContainerMetrics>)]) {
+fn render_latency(out: &mut Exposition, all: &[(String, Arc<ContainerMetrics>)]) {
     let name = "mimhost_http_handler_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time from request to the first part of the answer."
+    out.family(
+        name,
+        "histogram",
+        "Time from request to the first part of the answer.",
     );
-    let _ = writeln!(out, "# TYPE {name} histogram");
+    let bucket = format!("{name}_bucket");
     for (container, m) in all {
-        let c = label(container);
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += m.latency_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{container=\"{c}\",le=\"{bound}\"}} {cumulative}"
+            let le = bound.to_string();
+            out.sample(
+                &bucket,
+                &[("container", container), ("le", &le)],
+                cumulative,
             );
         }
         let count = m.http_requests.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{container=\"{c}\",le=\"+Inf\"}} {count}"
-        );
+        out.sample(&bucket, &[("container", container), ("le", "+Inf")], count);
         let sum = m.latency_micros_sum.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{container=\"{c}\"}} {sum}");
-        let _ = writeln!(out, "{name}_count{{container=\"{c}\"}} {count}");
+        out.sample(&format!("{name}_sum"), &[("container", container)], sum);
+        out.sample(&format!("{name}_count"), &[("container", container)], count);
     }
-}
-
-/// Escapes a label value.
-pub fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

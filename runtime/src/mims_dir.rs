@@ -218,12 +218,13 @@ pub async fn apply_changes(
     }
 }
 
-/// Watches the folder and applies changes until the process ends.
+/// Watches the folder and applies changes until `shutdown` fires.
 pub async fn watch(
     registry: Arc<Registry>,
     dir: PathBuf,
     node: NodeFacts,
     mut seen: HashMap<String, u64>,
+    mut shutdown: crate::shutdown::Shutdown,
 ) {
     use notify::Watcher;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -239,10 +240,17 @@ pub async fn watch(
     if let Err(e) = watcher.watch(&dir, notify::RecursiveMode::Recursive) {
         return tracing::error!("cannot watch {}: {e}", dir.display());
     }
-    while rx.recv().await.is_some() {
+    loop {
+        tokio::select! {
+            changed = rx.recv() => if changed.is_none() { return },
+            _ = shutdown.fired() => return,
+        }
         // Let a burst of writes (an editor saving, a copy) settle first.
         tokio::time::sleep(Duration::from_millis(150)).await;
         while rx.try_recv().is_ok() {}
+        if shutdown.is_fired() {
+            return;
+        }
         apply_changes(&registry, &dir, &node, &mut seen).await;
     }
 }

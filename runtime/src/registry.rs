@@ -35,7 +35,9 @@ pub enum RegistryError {
         owner: String,
     },
     /// Another container serves this Dirigible endpoint.
-    #[error("WebSocket endpoint {ENDPOINT_PREFIX}{endpoint} is already used by container '{owner}'")]
+    #[error(
+        "WebSocket endpoint {ENDPOINT_PREFIX}{endpoint} is already used by container '{owner}'"
+    )]
     EndpointTaken {
         /// The endpoint name.
         endpoint: String,
@@ -55,7 +57,9 @@ pub enum RegistryError {
         name: String,
     },
     /// A hot swap would move the base path.
-    #[error("the base path of '{name}' cannot change in place ({from} -> {to}); remove and create it")]
+    #[error(
+        "the base path of '{name}' cannot change in place ({from} -> {to}); remove and create it"
+    )]
     BasePathFixed {
         /// The container.
         name: String,
@@ -169,9 +173,10 @@ impl Registry {
         origin: Origin,
     ) -> Result<Arc<Container>, RegistryError> {
         self.check_free(&spec.name, &spec.base_path)?;
-        let endpoints = crate::endpoints::discover(&spec).map_err(|e| RegistryError::BadEndpoints {
-            message: e.to_string(),
-        })?;
+        let endpoints =
+            crate::endpoints::discover(&spec).map_err(|e| RegistryError::BadEndpoints {
+                message: e.to_string(),
+            })?;
         self.claim_endpoints(&spec.name, &endpoints)?;
         let store = crate::worker::store_dir(&self.data, &spec.name);
         let base_path = spec.base_path.clone();
@@ -267,9 +272,11 @@ impl Registry {
 
     /// Hot swaps a container to new code/env; sessions stay, a failed load keeps the old.
     pub async fn update(&self, spec: MimSpec) -> Result<(), RegistryError> {
-        let container = self.get(&spec.name).ok_or_else(|| RegistryError::NotFound {
-            name: spec.name.clone(),
-        })?;
+        let container = self
+            .get(&spec.name)
+            .ok_or_else(|| RegistryError::NotFound {
+                name: spec.name.clone(),
+            })?;
         if container.base_path != spec.base_path {
             return Err(RegistryError::BasePathFixed {
                 name: spec.name.clone(),
@@ -277,9 +284,10 @@ impl Registry {
                 to: spec.base_path.clone(),
             });
         }
-        let endpoints = crate::endpoints::discover(&spec).map_err(|e| RegistryError::BadEndpoints {
-            message: e.to_string(),
-        })?;
+        let endpoints =
+            crate::endpoints::discover(&spec).map_err(|e| RegistryError::BadEndpoints {
+                message: e.to_string(),
+            })?;
         let previous = self.claim_endpoints(&spec.name, &endpoints)?;
         let name = spec.name.clone();
         let reloaded = container.supervisor.invoke(Call::Load(spec)).await;

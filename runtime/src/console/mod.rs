@@ -4,7 +4,7 @@
 //! session storage, sent as `Authorization: Bearer`, never as a cookie) and its
 //! `Content-Security-Policy` lets only its own script and style run.
 
-use crate::http::{full, json_error, Body};
+use crate::http::body::{full, json_error, Body};
 use hyper::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Response};
 

@@ -38,8 +38,11 @@ pub fn json(status: u16, value: serde_json::Value) -> Response<Body> {
 
 /// `{"error":{"status":N,"message":"…"}}` with status N.
 pub fn json_error(status: u16, message: &str) -> Response<Body> {
-    json(
-        status,
-        serde_json::json!({"error": {"status": status, "message": message}}),
-    )
+    json(status, error_value(status, message))
+}
+
+/// The one shape of every error body the host sends (the worker's too):
+/// `{"error":{"status":N,"message":"…"}}`.
+pub fn error_value(status: u16, message: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"status": status, "message": message}})
 }

@@ -2,8 +2,9 @@
 //! turn the reply into a whole or streamed response (the deadline is the supervisor's).
 
 use super::body::{full, json_error, Body};
-use crate::host::HostState;
+use super::query::parse_query;
 use crate::registry::Container;
+use crate::state::HostState;
 use crate::supervisor::{Call, InvokeError, Reply, ReplyStream};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -164,42 +165,6 @@ pub fn request_data(
     }
 }
 
-/// Parses `a=1&b=x+y` into a map (last value wins), percent-decoding names and values.
-pub fn parse_query(text: &str) -> BTreeMap<String, String> {
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).and_then(|&b| hex(b)),
-                bytes.get(i + 2).and_then(|&b| hex(b)),
-            ) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi * 16 + lo);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Turns a container's answer into a response: whole, or streamed as it comes.
 pub fn respond_reply(reply: Reply) -> Response<Body> {
     match reply {
@@ -252,18 +217,4 @@ fn respond(status: u16, headers: &[(String, String)], body: Body) -> Response<Bo
         }
     }
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_query;
-
-    #[test]
-    fn query_strings_decode() {
-        let q = parse_query("a=1&b=x+y&c=%2Fz&d");
-        assert_eq!(q["a"], "1");
-        assert_eq!(q["b"], "x y");
-        assert_eq!(q["c"], "/z");
-        assert_eq!(q["d"], "");
-    }
 }

@@ -1,37 +1,30 @@
 //! The one HTTP server: `/healthz`, the MCM API, `/metrics`, the web console (`/` and
 //! `/_/…`), and every container path by longest base path.
 
-mod body;
-mod container;
+pub mod body;
+pub mod container;
+pub mod query;
 mod shed;
 
 pub use body::{full, json, json_error, streamed, Body};
-pub use container::{
-    client_address, header_map, invoke_error, parse_query, read_request, request_data,
-    respond_reply,
-};
+pub use container::read_request;
 
-use crate::host::HostState;
+use crate::shutdown::{Drain, Shutdown};
+use crate::state::HostState;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-/// Accepts connections until `shutdown` turns true, then lets open ones finish
+/// Accepts connections until `shutdown` fires, then lets open ones finish
 /// (bounded), telling each to close once its current request is answered.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<HostState>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let open = Arc::new(AtomicUsize::new(0));
+pub async fn serve(listener: TcpListener, state: Arc<HostState>, mut shutdown: Shutdown) {
+    let open = Drain::default();
     let mut last_accept_warning = None;
     let mut spare = shed::Spare::new();
     loop {
@@ -61,8 +54,7 @@ pub async fn serve(
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
                 let mut stop = shutdown.clone();
-                let open = open.clone();
-                open.fetch_add(1, Ordering::Relaxed);
+                let guard = open.guard();
                 tokio::spawn(async move {
                     tokio::pin!(conn);
                     tokio::select! {
@@ -71,21 +63,18 @@ pub async fn serve(
                                 tracing::debug!("connection from {peer} ended: {e}");
                             }
                         }
-                        _ = stop.changed() => {
+                        _ = stop.fired() => {
                             conn.as_mut().graceful_shutdown();
                             let _ = conn.await;
                         }
                     }
-                    open.fetch_sub(1, Ordering::Relaxed);
+                    drop(guard);
                 });
             }
-            _ = shutdown.changed() => break,
+            _ = shutdown.fired() => break,
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), open.finished()).await;
 }
 
 /// Routes one request.

@@ -98,6 +98,8 @@ pub struct Hub {
     started: u64,
     counter: AtomicU64,
     stats: RwLock<HashMap<String, Arc<HubStats>>>,
+    /// Woken when the last session goes (a stopping host waits for it).
+    emptied: tokio::sync::Notify,
     /// Each container's recent log lines: workers report through the hub (it is
     /// their [`WorkerEvents`]), the MCM API and the console read them here.
     pub logs: Arc<crate::logs::LogBook>,
@@ -116,6 +118,7 @@ impl Hub {
             started,
             counter: AtomicU64::new(0),
             stats: RwLock::default(),
+            emptied: tokio::sync::Notify::new(),
             logs: Arc::default(),
         }
     }
@@ -150,7 +153,6 @@ impl Hub {
 
     /// Prometheus text for the WebSocket counters, per container.
     pub fn render_metrics(&self) -> String {
-        use std::fmt::Write;
         let open: HashMap<String, usize> = self
             .read()
             .by_container
@@ -160,7 +162,7 @@ impl Hub {
         let stats = self.stats.read().unwrap_or_else(|p| p.into_inner());
         let mut names: Vec<&String> = stats.keys().collect();
         names.sort();
-        let mut out = String::new();
+        let mut out = crate::prom::Exposition::default();
         let families: [Family; 4] = [
             (
                 "mimhost_ws_sessions_opened_total",
@@ -187,28 +189,18 @@ impl Hub {
                 |s| s.slow_closed.load(Ordering::Relaxed),
             ),
         ];
-        let _ = writeln!(
-            out,
-            "# HELP mimhost_ws_sessions open WebSocket sessions\n# TYPE mimhost_ws_sessions gauge"
-        );
+        out.family("mimhost_ws_sessions", "gauge", "open WebSocket sessions");
         for name in &names {
-            let _ = writeln!(
-                out,
-                "mimhost_ws_sessions{{container=\"{name}\"}} {}",
-                open.get(*name).copied().unwrap_or(0)
-            );
+            let count = open.get(*name).copied().unwrap_or(0);
+            out.sample("mimhost_ws_sessions", &[("container", name)], count);
         }
         for (metric, kind, help, get) in families {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+            out.family(metric, kind, help);
             for name in &names {
-                let _ = writeln!(
-                    out,
-                    "{metric}{{container=\"{name}\"}} {}",
-                    get(&stats[*name])
-                );
+                out.sample(metric, &[("container", name)], get(&stats[*name]));
             }
         }
-        out
+        out.finish()
     }
 
     /// Adds an accepted session.
@@ -239,6 +231,9 @@ impl Hub {
         let st = &mut *guard;
         let id = &session.info.id;
         st.sessions.remove(id);
+        if st.sessions.is_empty() {
+            self.emptied.notify_waiters();
+        }
         for map in [&mut st.channels, &mut st.by_container] {
             if let Some(m) = map.get_mut(&session.container) {
                 m.remove(id);
@@ -608,6 +603,17 @@ impl Hub {
     /// How many sessions are open.
     pub fn session_count(&self) -> usize {
         self.read().sessions.len()
+    }
+
+    /// Resolves once no session is open (a stopping host awaits it after closing them).
+    pub async fn all_closed(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.session_count() == 0 {
+                return;
+            }
+            emptied.await;
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! `Authorization: Bearer <token>` on every MCM call, compared in constant time.
 
-use crate::http::{json_error, Body};
+use crate::http::body::{json_error, Body};
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::Response;
 use sha2::{Digest, Sha256};

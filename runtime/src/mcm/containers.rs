@@ -1,7 +1,9 @@
 //! Containers made through the MCM API: an image run under a name with an env.
 //! Each is recorded in `<data>/containers/<name>.json` and started again at boot.
 
-use super::{images, persist, time, ApiError, ApiResult, Mcm};
+use super::error::{ApiError, ApiResult};
+use super::state::Mcm;
+use super::{images, persist, time};
 use crate::registry::{base_path_for, Origin, RegistryError};
 
 /// What a start error's message begins with when the code did not load.
@@ -418,7 +420,9 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
                 "the new code does not load; the previous version keeps serving: ",
             );
             if taken {
-                error.message.push_str("; the previous version keeps serving");
+                error
+                    .message
+                    .push_str("; the previous version keeps serving");
             }
             error
         })?;

@@ -2,8 +2,10 @@
 //! their record in `<data>/images/<id>/meta.json`. The id is the start of the
 //! sha256 of the upload, so the same upload twice is the same image.
 
+use super::error::{ApiError, ApiResult};
+use super::state::Mcm;
 use super::tar_image::{self, Layout, Limits};
-use super::{multipart, persist, time, ApiError, ApiResult, Mcm};
+use super::{multipart, persist, time};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -340,12 +342,7 @@ async fn read_upload(max_image: usize, req: Request<Incoming>) -> Result<Upload,
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let query_name = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|p| p.strip_prefix("name="))
-            .map(super::percent_decode)
-            .filter(|n| !n.is_empty())
-    });
+    let query_name = crate::http::query::param(req.uri().query(), "name").filter(|n| !n.is_empty());
     let boundary = multipart::boundary(&content_type);
     let raw = [
         "application/x-tar",

@@ -3,130 +3,27 @@
 
 mod auth;
 mod containers;
+mod error;
 mod images;
 pub mod multipart;
 mod observe;
 mod persist;
+pub mod state;
 pub mod tar_image;
 pub(crate) mod time;
 
-use crate::config::Config;
-use crate::host::HostState;
-use crate::http::{json, json_error, Body};
-use crate::mims_dir::NodeFacts;
-use crate::registry::Registry;
+use crate::http::body::{json, json_error, Body};
+use crate::http::query::percent_decode;
+use crate::state::HostState;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 pub use containers::ContainerRecord;
+pub use error::{ApiError, ApiResult};
 pub use images::ImageMeta;
-
-/// A failed MCM call: sent as `{"error":{"status":N,"message":"…"}}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: u16,
-    /// What went wrong and, where possible, what to do about it.
-    pub message: String,
-    /// The methods a 405 lists in its `Allow` header.
-    pub allow: Option<&'static str>,
-}
-
-impl ApiError {
-    /// An error with `status` and `message`.
-    pub fn new(status: u16, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            allow: None,
-        }
-    }
-
-    /// 400 Bad Request.
-    pub fn bad(message: impl Into<String>) -> Self {
-        Self::new(400, message)
-    }
-
-    /// 404 Not Found.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(404, message)
-    }
-
-    /// 409 Conflict.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(409, message)
-    }
-
-    /// 500 Internal Server Error (the host's own fault, e.g. a disk error).
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, message)
-    }
-
-    fn into_response(self) -> Response<Body> {
-        if self.status == 500 {
-            tracing::error!("MCM: {}", self.message);
-        }
-        let mut resp = json_error(self.status, &self.message);
-        if let Some(allow) = self.allow {
-            resp.headers_mut().insert(
-                hyper::header::ALLOW,
-                hyper::header::HeaderValue::from_static(allow),
-            );
-        }
-        resp
-    }
-}
-
-/// The result of an MCM handler: a status and a JSON body, or an error.
-pub type ApiResult = Result<(u16, serde_json::Value), ApiError>;
-
-/// The MCM state of this node: the images on disk and the deployed containers.
-pub struct Mcm {
-    data: PathBuf,
-    registry: Arc<Registry>,
-    node: NodeFacts,
-    max_image: usize,
-    images: images::ImageStore,
-    containers: containers::Records,
-    /// Serialises changes (create, update, delete) so records, disk and registry agree.
-    ops: tokio::sync::Mutex<()>,
-}
-
-impl Mcm {
-    /// The MCM state kept under `config.data`; reads the images already there.
-    pub fn open(config: &Config, registry: Arc<Registry>, node: NodeFacts) -> Self {
-        let images = images::ImageStore::open(&config.data);
-        Self {
-            data: config.data.clone(),
-            registry,
-            node,
-            max_image: config.max_image,
-            images,
-            containers: containers::Records::default(),
-            ops: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// Starts every persisted container (call before the port opens). Containers that
-    /// cannot start are logged and listed with state `failed`.
-    pub async fn restore(&self) {
-        containers::restore(self).await;
-    }
-
-    /// The images, oldest first.
-    pub fn images(&self) -> Vec<ImageMeta> {
-        self.images.list()
-    }
-
-    /// The deployed containers' records, by name.
-    pub fn deployed(&self) -> Vec<ContainerRecord> {
-        self.containers.list()
-    }
-}
+pub use state::Mcm;
 
 /// Answers one `/mcm/v1/...` request.
 pub async fn handle(state: &HostState, req: Request<Incoming>) -> Response<Body> {
@@ -142,7 +39,7 @@ pub async fn handle(state: &HostState, req: Request<Incoming>) -> Response<Body>
     let segments: Vec<String> = path
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(percent_decode)
+        .map(|segment| percent_decode(segment, false))
         .collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = req.method().clone();
@@ -199,7 +96,7 @@ pub fn metrics(state: &HostState, peer: SocketAddr) -> Response<Body> {
     }
     let mut text = state.metrics.render(state.registry.list().len());
     text.push_str(&state.hub.render_metrics());
-    let mut resp = Response::new(crate::http::full(text));
+    let mut resp = Response::new(crate::http::body::full(text));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -242,65 +139,8 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, ApiError
     })
 }
 
-/// The boolean query parameter `name`: absent is false; `true`/`1`/`yes` (or a
-/// bare `name`) and `false`/`0`/`no`; anything else is a 400.
+/// The boolean query parameter `name` (see [`crate::http::query::flag`]); a bad
+/// value is a 400.
 fn query_flag(query: Option<&str>, name: &str) -> Result<bool, ApiError> {
-    let mut value = false;
-    for pair in query.unwrap_or("").split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, "true"));
-        if percent_decode(k) != name {
-            continue;
-        }
-        value = match percent_decode(v).to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "" => true,
-            "false" | "0" | "no" => false,
-            other => {
-                return Err(ApiError::bad(format!(
-                    "query parameter {name}={other:?} is not a boolean (use true or false)"
-                )))
-            }
-        };
-    }
-    Ok(value)
-}
-
-/// Percent-decodes one path segment (invalid escapes are kept as they are).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (
-            bytes[i],
-            bytes.get(i + 1).and_then(|&b| hex(b)),
-            bytes.get(i + 2).and_then(|&b| hex(b)),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push(hi * 16 + lo);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_and_segments_decode() {
-        assert_eq!(query_flag(Some("purge=true"), "purge"), Ok(true));
-        assert_eq!(query_flag(Some("a=1&purge"), "purge"), Ok(true));
-        assert_eq!(query_flag(Some("purge=false"), "purge"), Ok(false));
-        assert_eq!(query_flag(None, "purge"), Ok(false));
-        assert!(query_flag(Some("purge=maybe"), "purge").is_err());
-        assert_eq!(percent_decode("my-mim%3Alatest"), "my-mim:latest");
-        assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
-    }
+    crate::http::query::flag(query, name).map_err(ApiError::bad)
 }

@@ -1,10 +1,11 @@
 //! What the web console and `mimhost logs` watch: a container's log (recent lines, or
 //! followed as server-sent events), its WebSocket sessions, and its counters.
 
-use super::{query_flag, ApiError, ApiResult};
-use crate::host::HostState;
-use crate::http::{json, json_error, streamed, Body};
+use super::error::{ApiError, ApiResult};
+use super::query_flag;
+use crate::http::body::{json, json_error, streamed, Body};
 use crate::logs::LogLine;
+use crate::state::HostState;
 use bytes::Bytes;
 use hyper::body::Frame;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -38,20 +39,14 @@ fn query_number(
     default: usize,
     max: usize,
 ) -> Result<usize, ApiError> {
-    let mut value = default;
-    for pair in query.unwrap_or("").split('&') {
-        let Some((k, v)) = pair.split_once('=') else {
-            continue;
-        };
-        if k != name {
-            continue;
-        }
-        value = v.parse::<usize>().map_err(|_| {
+    let value = match crate::http::query::param(query, name) {
+        None => default,
+        Some(v) => v.parse::<usize>().map_err(|_| {
             ApiError::bad(format!(
                 "query parameter {name}={v:?} is not a whole number"
             ))
-        })?;
-    }
+        })?,
+    };
     Ok(value.min(max))
 }
 

@@ -175,9 +175,9 @@ impl InvokeError {
             InvokeError::NotReady | InvokeError::Busy { .. } | InvokeError::Stopped => 503,
             InvokeError::TimedOut { .. } => 504,
             InvokeError::LoadFailed { .. } => 400,
-            InvokeError::WorkerGone { .. } | InvokeError::Spawn { .. } | InvokeError::OutOfOrder => {
-                500
-            }
+            InvokeError::WorkerGone { .. }
+            | InvokeError::Spawn { .. }
+            | InvokeError::OutOfOrder => 500,
         }
     }
 }
@@ -215,7 +215,10 @@ mod tests {
         };
         assert_eq!(file.as_deref(), Some("index.js"));
         assert_eq!((*line, *column), (Some(3), Some(7)));
-        assert_eq!(e.to_string(), "SyntaxError: unexpected token at index.js:3:7");
+        assert_eq!(
+            e.to_string(),
+            "SyntaxError: unexpected token at index.js:3:7"
+        );
         let e = InvokeError::load_failed("no place here: 12".into());
         assert!(matches!(e, InvokeError::LoadFailed { file: None, .. }));
     }

@@ -10,32 +10,29 @@
 //! and other containers carry on.
 
 mod call;
+mod frames;
 mod spawn;
 mod table;
 
 pub use call::{Call, InvokeError, Reply, ReplyStream};
 pub use table::QueueLimits;
 
-use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
+use crate::ipc::ToWorker;
 use crate::logs;
 use crate::outbound::OutboundHttp;
 use crate::ws::client::ClientEvents;
 use crate::ws::clients::ClientSet;
-use bytes::Bytes;
 use call::Part;
 use mimhost_bindings::{
-    ClientEvent, HttpRequest, MimSpec, OutboundHttpRequest, SessionInfo, WsAnswer, WsEvent, WsOp,
-    WsQuery,
+    ClientEvent, HttpRequest, MimSpec, SessionInfo, WsAnswer, WsEvent, WsOp, WsQuery,
 };
 use std::collections::HashMap;
 use std::future::Future;
-use table::{Calls, Entry, Waiter};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use table::{Calls, Entry, Waiter};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
@@ -314,7 +311,10 @@ impl Supervisor {
     }
 
     /// Turns the first part of an HTTP answer into a [`Reply`].
-    async fn first_part(&self, mut rx: mpsc::UnboundedReceiver<Part>) -> Result<Reply, InvokeError> {
+    async fn first_part(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Part>,
+    ) -> Result<Reply, InvokeError> {
         match rx.recv().await {
             Some(Part::Full {
                 status,
@@ -346,7 +346,9 @@ impl Supervisor {
         rx: oneshot::Receiver<Result<(), InvokeError>>,
         spec: MimSpec,
     ) -> Result<Reply, InvokeError> {
-        let verdict = rx.await.unwrap_or_else(|_| Err(self.gone("it exited while loading the new code")));
+        let verdict = rx
+            .await
+            .unwrap_or_else(|_| Err(self.gone("it exited while loading the new code")));
         match verdict {
             Ok(()) => {
                 *lock(&self.spec) = spec;
@@ -405,7 +407,7 @@ impl Supervisor {
             checking: AtomicBool::new(false),
             exited: watch::Sender::new(false),
         });
-        tokio::spawn(write_frames(write, rx));
+        tokio::spawn(frames::write_frames(write, rx));
         tokio::spawn(self.clone().read_frames(read, live.clone(), child));
         let (reply, verdict) = oneshot::channel();
         let load = Entry {
@@ -490,9 +492,9 @@ impl Supervisor {
     /// Whether events of `session` still wait for or run in the worker: a closing
     /// session waits for them so the replies to what it received go out first.
     pub fn ws_busy(&self, session: &str) -> bool {
-        lock(&self.calls).entries.values().any(|e| {
-            matches!(&e.waiter, Waiter::Event(Inbound::Session(ev)) if ev.session == session)
-        })
+        lock(&self.calls).entries.values().any(
+            |e| matches!(&e.waiter, Waiter::Event(Inbound::Session(ev)) if ev.session == session),
+        )
     }
 
     /// The one deadline mechanism: sleeps until the nearest deadline of the table,
@@ -603,214 +605,6 @@ impl Supervisor {
             self.check_stuck(&live).await;
             live.checking.store(false, Ordering::Relaxed);
         });
-    }
-
-    /// Reads the worker's frames until it exits, then fails what it left unanswered
-    /// and starts a replacement.
-    async fn read_frames(
-        self: Arc<Self>,
-        mut read: OwnedReadHalf,
-        live: Arc<Live>,
-        mut child: tokio::process::Child,
-    ) {
-        let mut buffer = Vec::with_capacity(64 * 1024);
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = match read.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            buffer.extend_from_slice(&chunk[..n]);
-            match decode_frames::<FromWorker>(&mut buffer) {
-                Ok(messages) => messages.into_iter().for_each(|m| self.route(&live, m)),
-                Err(e) => {
-                    tracing::error!(container = %self.name, "bad frame from worker: {e}");
-                    kill(&live, "it sent a malformed frame");
-                    break;
-                }
-            }
-        }
-        let status = child.wait().await;
-        live.exited.send_replace(true);
-        let cause = if live.timed_out.load(Ordering::Relaxed) {
-            logs::Cause::Timeout
-        } else if matches!(&status, Ok(s) if s.code() == Some(crate::worker::EXIT_MEMORY)) {
-            logs::Cause::Memory
-        } else {
-            logs::Cause::Crash
-        };
-        let reason = lock(&live.kill_reason)
-            .clone()
-            .unwrap_or_else(|| match status {
-                Ok(s) if s.code() == Some(crate::worker::EXIT_MEMORY) => {
-                    format!(
-                        "it used more than --mim-memory ({} MiB)",
-                        self.limits.memory_bytes >> 20
-                    )
-                }
-                Ok(s) => format!("it exited ({s})"),
-                Err(e) => format!("it could not be waited for ({e})"),
-            });
-        self.worker_gone(&live, &reason, cause).await;
-    }
-
-    /// Hands one frame from the worker to whoever waits for it.
-    fn route(self: &Arc<Self>, live: &Arc<Live>, message: FromWorker) {
-        let (id, part, last) = match message {
-            FromWorker::Loaded { error, ws_handler } => {
-                let had = self.ws_handler.swap(ws_handler, Ordering::Relaxed);
-                if ws_handler && !had {
-                    // New code listens to sessions the old one ignored: introduce them.
-                    self.resume_sessions(live);
-                }
-                let verdict = error.map_or(Ok(()), |e| Err(InvokeError::load_failed(e)));
-                let mut calls = lock(&self.calls);
-                let load = calls
-                    .entries
-                    .iter()
-                    .find(|(_, e)| {
-                        matches!(e.waiter, Waiter::Load { .. }) && e.sent_to_gen(live.generation)
-                    })
-                    .map(|(id, _)| *id);
-                if let Some(Entry {
-                    waiter: Waiter::Load { reply, .. },
-                    ..
-                }) = load.and_then(|id| calls.remove(id))
-                {
-                    let _ = reply.send(verdict);
-                }
-                return;
-            }
-            FromWorker::Ws(op) => return self.events.on_ws(&self.name, op),
-            FromWorker::WsClientCall(call) => {
-                let sink: std::sync::Weak<dyn ClientEvents> =
-                    Arc::downgrade(&(self.clone() as Arc<dyn ClientEvents>));
-                let answer = self.clients.call(call, sink);
-                let _ = live.to_worker.send(ToWorker::WsClientAnswer(answer));
-                return;
-            }
-            FromWorker::WsClientOp(op) => return self.clients.apply(op, self.as_ref()),
-            FromWorker::WsQuery(query) => {
-                let answer = self.events.on_query(&self.name, query);
-                let _ = live.to_worker.send(ToWorker::WsAnswer(answer));
-                return;
-            }
-            FromWorker::Done { seq } => {
-                let mut calls = lock(&self.calls);
-                let done: Vec<u64> = calls
-                    .entries
-                    .range(..=seq)
-                    .filter(|(_, e)| {
-                        matches!(e.waiter, Waiter::Event(_)) && e.sent_to_gen(live.generation)
-                    })
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in done {
-                    calls.remove(id);
-                }
-                return;
-            }
-            FromWorker::WsAccept {
-                id,
-                data,
-                protocols,
-            } => (id, Part::Accept { data, protocols }, true),
-            FromWorker::Pong { id } => {
-                let mut calls = lock(&self.calls);
-                if let Some(Entry {
-                    waiter: Waiter::Ping(tx),
-                    ..
-                }) = calls.remove(id)
-                {
-                    let _ = tx.send(());
-                }
-                return;
-            }
-            FromWorker::Dispatch { frames } => return self.events.on_dispatch(&self.name, frames),
-            FromWorker::Log { level, message } => {
-                log_line(&self.name, level, &message);
-                let (level, source) = match level {
-                    0 => (logs::Level::Debug, logs::Source::Console),
-                    1 => (logs::Level::Info, logs::Source::Console),
-                    2 => (logs::Level::Warn, logs::Source::Console),
-                    3 => (logs::Level::Error, logs::Source::Console),
-                    _ => (logs::Level::Error, logs::Source::Uncaught),
-                };
-                // The container's log names its files relative to the mim (as a
-                // deploy error does), not by where the host keeps them.
-                let root = format!("{}/", lock(&self.spec).root.display());
-                let message = message.replace(&root, "");
-                return self
-                    .events
-                    .on_log(&self.name, level, source, &message, None);
-            }
-            FromWorker::OutboundHttpRequest { id, request } => {
-                return self.start_outbound(live, id, request)
-            }
-            FromWorker::OutboundHttpDeleteFile { path } => {
-                return self.limits.outbound.delete_file(&self.name, &path)
-            }
-            FromWorker::HttpStart {
-                id,
-                status,
-                headers,
-            } => (id, Part::Start { status, headers }, false),
-            FromWorker::HttpChunk { id, chunk } => (id, Part::Chunk(Bytes::from(chunk)), false),
-            FromWorker::HttpEnd { id } => (id, Part::End, true),
-            FromWorker::HttpFull {
-                id,
-                status,
-                headers,
-                body,
-            } => (
-                id,
-                Part::Full {
-                    status,
-                    headers,
-                    body: Bytes::from(body),
-                },
-                true,
-            ),
-        };
-        let mut calls = lock(&self.calls);
-        if let Some(Entry {
-            waiter: Waiter::Http { parts, .. },
-            ..
-        }) = calls.entries.get(&id)
-        {
-            let _ = parts.send(part);
-            if last {
-                calls.remove(id);
-            }
-        }
-    }
-
-    fn current(&self) -> Option<Arc<Live>> {
-        lock(&self.calls).live.clone()
-    }
-
-    /// Runs an outbound HTTP request of `live`'s code on the host; what comes back
-    /// goes to that worker only (after a restart it is dropped, the task aborted).
-    fn start_outbound(&self, live: &Arc<Live>, id: u64, request: OutboundHttpRequest) {
-        let to = Arc::downgrade(live);
-        let sink = move |event| {
-            if let Some(live) = to.upgrade() {
-                let _ = live.to_worker.send(ToWorker::OutboundHttp { id, event });
-            }
-        };
-        let outbound = self.limits.outbound.clone();
-        let slots = self.outbound_slots.clone();
-        let container = self.name.clone();
-        let owner = Arc::downgrade(live);
-        // The map is locked across the spawn so the task's own removal comes after.
-        let mut in_flight = lock(&live.outbound);
-        let task = tokio::spawn(async move {
-            outbound.run(&container, &slots, request, &sink).await;
-            if let Some(live) = owner.upgrade() {
-                lock(&live.outbound).remove(&id);
-            }
-        });
-        in_flight.insert(id, task.abort_handle());
     }
 
     /// A worker exited: answer its leftovers and replace it (unless stopped).
@@ -988,11 +782,7 @@ impl Supervisor {
 
 /// What an HTTP request counts against the queue's byte limit.
 fn request_bytes(request: &HttpRequest) -> usize {
-    let headers: usize = request
-        .headers
-        .iter()
-        .map(|(k, v)| k.len() + v.len())
-        .sum();
+    let headers: usize = request.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
     request.body.len() + request.url.len() + headers
 }
 
@@ -1004,7 +794,9 @@ fn event_bytes(message: Option<&str>) -> usize {
 impl ClientEvents for Supervisor {
     fn client_event(&self, event: ClientEvent) {
         let bytes = event_bytes(event.message.as_deref());
-        if let Err(e) = self.submit(Waiter::Event(Inbound::Client(event)), bytes, true) {
+        if let Err(e @ InvokeError::Busy { .. }) =
+            self.submit(Waiter::Event(Inbound::Client(event)), bytes, true)
+        {
             tracing::warn!(container = %self.name, "outbound client event dropped: {e}");
         }
     }
@@ -1027,29 +819,5 @@ fn kill(live: &Live, reason: &str) {
     if live.pid != 0 {
         // SAFETY: plain syscall on a pid we spawned and have not reaped yet.
         unsafe { libc::kill(live.pid as i32, libc::SIGKILL) };
-    }
-}
-
-/// Drains the outgoing queue, batching everything queued into one write.
-async fn write_frames(mut write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<ToWorker>) {
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    while let Some(message) = rx.recv().await {
-        buffer.clear();
-        encode_into(&message, &mut buffer);
-        while let Ok(more) = rx.try_recv() {
-            encode_into(&more, &mut buffer);
-        }
-        if write.write_all(&buffer).await.is_err() {
-            return;
-        }
-    }
-}
-
-fn log_line(container: &str, level: u8, message: &str) {
-    match level {
-        0 => tracing::debug!(container, "{message}"),
-        1 => tracing::info!(container, "{message}"),
-        2 => tracing::warn!(container, "{message}"),
-        _ => tracing::error!(container, "{message}"),
     }
 }

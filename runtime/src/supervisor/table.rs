@@ -96,7 +96,12 @@ impl Calls {
     }
 
     /// Refuses a bounded call of `bytes` when the queue is full.
-    pub fn admit(&self, bytes: usize, limits: QueueLimits, container: &str) -> Result<(), InvokeError> {
+    pub fn admit(
+        &self,
+        bytes: usize,
+        limits: QueueLimits,
+        container: &str,
+    ) -> Result<(), InvokeError> {
         if self.queued >= limits.calls || self.queued_bytes.saturating_add(bytes) > limits.bytes {
             return Err(InvokeError::Busy {
                 container: container.to_string(),
@@ -109,7 +114,12 @@ impl Calls {
     /// Adds `entry` and writes it to `to`, else to the live worker, else parks it
     /// until one is live. Returns its id, and whether the deadline watcher must
     /// wake earlier than it planned.
-    pub fn add(&mut self, mut entry: Entry, to: Option<&Arc<Live>>, store_dir: &Path) -> (u64, bool) {
+    pub fn add(
+        &mut self,
+        mut entry: Entry,
+        to: Option<&Arc<Live>>,
+        store_dir: &Path,
+    ) -> (u64, bool) {
         let target = to.cloned().or_else(|| self.live.clone());
         if target.is_none() && matches!(entry.waiter, Waiter::Event(_)) {
             // A parked event's clock starts when it is written.
@@ -149,7 +159,12 @@ impl Calls {
 
     /// Writes every parked entry to `live`, oldest first, each under a new id (so
     /// ids keep the order the worker sees them in).
-    pub fn send_parked(&mut self, live: &Arc<Live>, store_dir: &Path, timeout: std::time::Duration) {
+    pub fn send_parked(
+        &mut self,
+        live: &Arc<Live>,
+        store_dir: &Path,
+        timeout: std::time::Duration,
+    ) {
         let parked: Vec<u64> = self
             .entries
             .iter()
@@ -178,9 +193,7 @@ impl Calls {
 /// Writes `entry`'s message to `live` under `id` and marks it sent.
 fn write(id: u64, entry: &mut Entry, live: &Arc<Live>, store_dir: &Path) {
     let message = match &mut entry.waiter {
-        Waiter::Http { parked, .. } => parked
-            .take()
-            .map(|request| ToWorker::Http { id, request }),
+        Waiter::Http { parked, .. } => parked.take().map(|request| ToWorker::Http { id, request }),
         Waiter::Event(event) => Some(event.clone().message(id)),
         Waiter::Load { parked, .. } => parked.take().map(|spec| ToWorker::Load {
             spec,

@@ -181,7 +181,10 @@ fn handle_http(host: &Rc<WorkerHost>, loaded: &mut Option<Loaded>, id: u64, requ
         None => false,
     };
     if !answered {
-        let body = serde_json::json!({"error": {"status": 500, "message": "the mim's JavaScript engine failed on this request"}});
+        let body = crate::http::body::error_value(
+            500,
+            "the mim's JavaScript engine failed on this request",
+        );
         host.send(&FromWorker::HttpFull {
             id,
             status: 500,

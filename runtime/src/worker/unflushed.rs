@@ -15,8 +15,7 @@ pub fn fail_answers(mut out: Vec<u8>, error: &str) -> Vec<u8> {
         return out; // our own encoding: cannot happen; leave the turn as it was
     };
     let message = format!("the writes of this request were not stored: {error}");
-    let body = serde_json::json!({"error": {"status": INSUFFICIENT_STORAGE, "message": message}})
-        .to_string();
+    let body = crate::http::body::error_value(INSUFFICIENT_STORAGE, &message).to_string();
     let mut failed = HashSet::new();
     let mut rewritten = Vec::with_capacity(out.capacity());
     for m in messages {

@@ -8,8 +8,8 @@ use crate::registry::Container;
 use crate::supervisor::{Call, InvokeError};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use mimhost_bindings::WsEvent;
 use futures_util::FutureExt;
+use mimhost_bindings::WsEvent;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,7 +100,10 @@ impl Session {
             .now_or_never();
         if let Some(Err(e @ InvokeError::Busy { .. })) = queued {
             if self.handle.close_slow() {
-                self.handle.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+                self.handle
+                    .stats
+                    .slow_closed
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(session = %self.handle.info.id, "closed 1008: {e}");
             }
         }

@@ -2,10 +2,14 @@
 //! `get()` when it is a controller upgrade, and the 101 answer.
 
 use super::session::Session;
-use crate::host::HostState;
-use crate::http::{json_error, Body};
+use crate::http::body::{json_error, Body};
+use crate::http::container::{
+    client_address, header_map, invoke_error, request_data, respond_reply,
+};
+use crate::http::query::parse_query;
 use crate::hub::{SessionHandle, SessionKind};
 use crate::registry::Container;
+use crate::state::HostState;
 use crate::supervisor::{Call, Reply};
 use base64::Engine;
 use bytes::Bytes;
@@ -108,9 +112,9 @@ pub async fn upgrade(
                 chosen,
             )
         }
-        Ok(reply @ Reply::Full { .. }) => crate::http::respond_reply(reply),
+        Ok(reply @ Reply::Full { .. }) => respond_reply(reply),
         Ok(_) => json_error(500, "a streamed answer cannot refuse a WebSocket upgrade"),
-        Err(e) => crate::http::invoke_error(&e),
+        Err(e) => invoke_error(&e),
     }
 }
 
@@ -138,12 +142,12 @@ fn session_info(
     peer: SocketAddr,
     data: String,
 ) -> SessionInfo {
-    let headers = crate::http::header_map(req.headers());
+    let headers = header_map(req.headers());
     SessionInfo {
         id: state.hub.new_session_id(),
         path: req.uri().path().to_string(),
-        params: crate::http::parse_query(req.uri().query().unwrap_or("")),
-        peer: crate::http::client_address(&headers, peer),
+        params: parse_query(req.uri().query().unwrap_or("")),
+        peer: client_address(&headers, peer),
         headers,
         method: req.method().as_str().to_string(),
         data,
@@ -157,7 +161,7 @@ fn upgrade_request(
     peer: SocketAddr,
     port: u16,
 ) -> HttpRequest {
-    let mut request = crate::http::request_data(
+    let mut request = request_data(
         req.method(),
         req.uri(),
         req.headers(),
@@ -180,7 +184,7 @@ fn accept(
     kind: SessionKind,
     protocol: Option<String>,
 ) -> Response<Body> {
-    let mut resp = Response::new(crate::http::full(Bytes::new()));
+    let mut resp = Response::new(crate::http::body::full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
