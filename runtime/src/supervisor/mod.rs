@@ -445,13 +445,19 @@ impl Supervisor {
     /// the events it never started, then what came while no worker was live.
     fn go_live(&self, live: Arc<Live>, only_if_none: bool) -> bool {
         let mut calls = lock(&self.calls);
+        let done = self.go_live_locked(&mut calls, live, only_if_none);
+        drop(calls);
+        self.wake.notify_one();
+        done
+    }
+
+    /// [`Self::go_live`] with the table already locked.
+    fn go_live_locked(&self, calls: &mut Calls, live: Arc<Live>, only_if_none: bool) -> bool {
         if (only_if_none && calls.live.is_some()) || self.stopped.load(Ordering::Relaxed) {
             return false;
         }
         calls.send_parked(&live, &self.store_dir, self.limits.handler_timeout);
         calls.live = Some(live);
-        drop(calls);
-        self.wake.notify_one();
         true
     }
 
@@ -517,8 +523,9 @@ impl Supervisor {
                 calls.watch_at = next;
                 (next, stuck)
             };
-            for live in stuck {
-                self.clone().spawn_check(live);
+            for (live, paused) in stuck {
+                let sup = self.clone();
+                tokio::spawn(async move { sup.check_stuck(&live, paused).await });
             }
             match next {
                 Some(at) => {
@@ -533,7 +540,11 @@ impl Supervisor {
     }
 
     /// Acts on every deadline that passed; returns the workers to check for a loop.
-    fn expire(&self, calls: &mut Calls, now: Instant) -> Vec<Arc<Live>> {
+    ///
+    /// A worker to check is paused here, under the table's lock and before any 504
+    /// can reach a client, so a request sent right after one never lands behind a
+    /// loop; it is paused once, by whoever starts its check.
+    fn expire(&self, calls: &mut Calls, now: Instant) -> Vec<(Arc<Live>, bool)> {
         let due: Vec<u64> = calls
             .entries
             .iter()
@@ -594,17 +605,20 @@ impl Supervisor {
             }
         }
         stuck
-    }
-
-    /// Runs a stuck check of `live` unless one already runs.
-    fn spawn_check(self: Arc<Self>, live: Arc<Live>) {
-        if live.checking.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        tokio::spawn(async move {
-            self.check_stuck(&live).await;
-            live.checking.store(false, Ordering::Relaxed);
-        });
+            .into_iter()
+            .filter(|live| !live.checking.swap(true, Ordering::Relaxed))
+            .map(|live| {
+                let paused = calls
+                    .live
+                    .as_ref()
+                    .is_some_and(|c| c.generation == live.generation);
+                if paused {
+                    calls.live = None;
+                    live.replace.store(true, Ordering::Relaxed);
+                }
+                (live, paused)
+            })
+            .collect()
     }
 
     /// A worker exited: answer its leftovers and replace it (unless stopped).
@@ -687,18 +701,11 @@ impl Supervisor {
     /// Pings the worker; one that does not answer at once is stuck in a loop and is
     /// killed (a replacement starts). New invocations are parked meanwhile rather
     /// than queued behind a loop.
-    async fn check_stuck(&self, live: &Arc<Live>) {
+    /// `paused`: the watcher took it out of service for the check (it was live).
+    async fn check_stuck(&self, live: &Arc<Live>, paused: bool) {
         let (tx, rx) = oneshot::channel();
-        let (paused, ping) = {
+        let ping = {
             let mut calls = lock(&self.calls);
-            let same = calls
-                .live
-                .as_ref()
-                .is_some_and(|c| c.generation == live.generation);
-            if same {
-                calls.live = None;
-                live.replace.store(true, Ordering::Relaxed);
-            }
             let ping = Entry {
                 waiter: Waiter::Ping(tx),
                 sent_to: None,
@@ -707,16 +714,19 @@ impl Supervisor {
                 bytes: 0,
                 bounded: false,
             };
-            let (id, _) = calls.add(ping, Some(live), &self.store_dir);
-            (same, id)
+            calls.add(ping, Some(live), &self.store_dir).0
         };
         if matches!(tokio::time::timeout(PING_GRACE, rx).await, Ok(Ok(()))) {
+            let mut calls = lock(&self.calls);
+            // Under the lock the watcher decides under: a deadline that passes from
+            // here on starts a check of its own.
+            live.checking.store(false, Ordering::Relaxed);
             if paused {
-                live.replace.store(false, Ordering::Relaxed);
-                if !self.go_live(live.clone(), true) {
-                    live.replace.store(true, Ordering::Relaxed);
-                }
+                let back = self.go_live_locked(&mut calls, live.clone(), true);
+                live.replace.store(!back, Ordering::Relaxed);
             }
+            drop(calls);
+            self.wake.notify_one();
             return;
         }
         lock(&self.calls).remove(ping);
