@@ -589,11 +589,7 @@ impl Supervisor {
                     let _ = reply.send(Err(error));
                     // Code still loading past the deadline is not trusted to serve.
                     if let Some(live) = entry.sent_to {
-                        if calls
-                            .live
-                            .as_ref()
-                            .is_some_and(|l| l.generation == live.generation)
-                        {
+                        if calls.is_live(live.generation) {
                             calls.live = None;
                             live.replace.store(true, Ordering::Relaxed);
                             live.timed_out.store(true, Ordering::Relaxed);
@@ -608,10 +604,7 @@ impl Supervisor {
             .into_iter()
             .filter(|live| !live.checking.swap(true, Ordering::Relaxed))
             .map(|live| {
-                let paused = calls
-                    .live
-                    .as_ref()
-                    .is_some_and(|c| c.generation == live.generation);
+                let paused = calls.is_live(live.generation);
                 if paused {
                     calls.live = None;
                     live.replace.store(true, Ordering::Relaxed);
@@ -627,10 +620,7 @@ impl Supervisor {
         let error = self.gone(reason);
         let was_current = {
             let mut calls = lock(&self.calls);
-            let same = calls
-                .live
-                .as_ref()
-                .is_some_and(|c| c.generation == live.generation);
+            let same = calls.is_live(live.generation);
             if same {
                 calls.live = None;
             }
@@ -744,11 +734,7 @@ impl Supervisor {
         live.timed_out.store(true, Ordering::Relaxed);
         {
             let mut calls = lock(&self.calls);
-            if calls
-                .live
-                .as_ref()
-                .is_some_and(|c| c.generation == live.generation)
-            {
+            if calls.is_live(live.generation) {
                 calls.live = None;
             }
         }

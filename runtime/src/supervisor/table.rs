@@ -184,6 +184,13 @@ impl Calls {
         }
     }
 
+    /// Whether worker `generation` is the live one.
+    pub fn is_live(&self, generation: u64) -> bool {
+        self.live
+            .as_ref()
+            .is_some_and(|l| l.generation == generation)
+    }
+
     /// Calls queued or running that count against the limits.
     pub fn queued(&self) -> usize {
         self.queued
