@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         )),
     };
     let hub = Arc::new(Hub::new(&node.node_id, Arc::new(LocalBackplane)));
+    hub.start_pinger(config.ping_interval);
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));
     let seen = mims_dir::load_all(&registry, &config.mims, &node).await;
     if config.watch {
@@ -120,7 +121,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    hub.close_all(crate::ws::codec::close::GOING_AWAY, "host shutting down");
+    hub.close_all(crate::frame::close::GOING_AWAY, "host shutting down");
     let closing = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     while hub.session_count() > 0 && tokio::time::Instant::now() < closing {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
