@@ -151,7 +151,10 @@ async fn ten_thousand_idle_sessions_stay_through_three_pings_and_all_get_a_broad
     );
     let mims = Mims::from_files(&[
         ("notify/index.js", NOTIFY),
-        ("notify/mim.json", &mim_json(&[("WEBSOCKET_SUPPORT", "true")])),
+        (
+            "notify/mim.json",
+            &mim_json(&[("WEBSOCKET_SUPPORT", "true")]),
+        ),
     ]);
     let host = Host::start_with(&mims.path(), &["--ping-interval", "500ms"]).await;
     let pid = host.pid();

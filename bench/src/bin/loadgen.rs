@@ -1038,7 +1038,9 @@ fn floor(a: FloorArgs) -> Value {
     }
     let coalesced = (thread_cpu_seconds() - start) * 1e6 / frames;
     drain(&mut pairs);
-    eprintln!("floor: {per_frame:.2} µs per frame written alone, {coalesced:.3} µs per frame coalesced");
+    eprintln!(
+        "floor: {per_frame:.2} µs per frame written alone, {coalesced:.3} µs per frame coalesced"
+    );
     json!({
         "scenario": "floor",
         "clients": a.clients,

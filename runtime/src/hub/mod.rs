@@ -10,7 +10,7 @@
 
 mod session;
 
-pub use session::{wake, Outgoing, SessionHandle, SessionKind};
+pub use session::{wake, Batch, Outgoing, SessionHandle, SessionIdent, SessionKind};
 
 use crate::frame::{binary_frame, close, text_frame};
 use crate::supervisor::WorkerEvents;
@@ -558,6 +558,7 @@ impl Hub {
         sessions
             .iter()
             .map(|s| {
+                let info = s.full_info();
                 let kind = match s.kind {
                     SessionKind::Dispatch => "dispatch",
                     SessionKind::Controller => "controller",
@@ -567,8 +568,8 @@ impl Hub {
                 groups.sort();
                 serde_json::json!({
                     "id": s.info.id,
-                    "peer": s.info.peer,
-                    "path": s.info.path,
+                    "peer": info.peer,
+                    "path": info.path,
                     "kind": kind,
                     "groups": groups,
                     "clientId": s.bound_client_id().unwrap_or_else(|| s.info.id.clone()),

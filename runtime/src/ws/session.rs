@@ -59,6 +59,8 @@ pub struct Session {
     unsent: VecDeque<Bytes>,
     /// Whether the peer sent anything since the last ping.
     heard: bool,
+    /// Whether the last batch left frames queued.
+    more: bool,
 }
 
 /// Why the task woke.
@@ -109,6 +111,7 @@ impl Session {
             decoder: None,
             unsent: VecDeque::new(),
             heard: true,
+            more: false,
         }
     }
 
@@ -196,7 +199,7 @@ impl Session {
                 Ok(Some(closing)) => return Box::pin(self.close(closing)).await,
                 Ok(None) => {}
             }
-            if !self.unsent.is_empty() || self.handle.queued_frames() > 0 {
+            if self.more {
                 // More to write than one batch: let the other sessions on this thread
                 // have their turn before the next.
                 tokio::task::yield_now().await;
@@ -289,10 +292,12 @@ impl Session {
     /// task again for the next.
     fn flush(&mut self) -> Result<Option<Closing>, ()> {
         let mut closing = None;
+        self.more = false;
         if self.write_unsent().map_err(|_| ())? {
-            closing = self
-                .handle
-                .take_batch(&mut self.unsent, MAX_BATCH)
+            let batch = self.handle.take_batch(&mut self.unsent, MAX_BATCH);
+            self.more = batch.more;
+            closing = batch
+                .closing
                 .map(|(code, reason)| Closing::Queued(code, reason));
             self.write_unsent().map_err(|_| ())?;
         }
@@ -414,7 +419,9 @@ impl Session {
             if !self.write_all_unsent().await {
                 return Some(1006);
             }
-            if let Some((code, reason)) = self.handle.take_batch(&mut self.unsent, MAX_BATCH) {
+            if let Some((code, reason)) =
+                self.handle.take_batch(&mut self.unsent, MAX_BATCH).closing
+            {
                 return Some(self.close_after_queued(code, &reason).await);
             }
             if self.unsent.is_empty() {
