@@ -1,5 +1,5 @@
 //! Sessions at scale (SPEC 5.5, issue 11): 10,000 idle sessions stay open through
-//! three ping intervals, all receive one broadcast, and the host's resident memory
+//! three ping rounds (1 s apart), all receive one broadcast, and the host's resident memory
 //! grows by less than a bound per session (read from `/proc`).
 //!
 //! The test process holds the 10,000 client sockets and the host the 10,000 server
@@ -20,13 +20,14 @@ use tokio::net::TcpStream;
 const SESSIONS: usize = 10_000;
 /// Connects in flight at once.
 const CONNECTING: usize = 200;
-/// The host's ping interval in this test.
-const PING: Duration = Duration::from_millis(500);
-/// Most RSS growth of the host per idle session. Measured: about 1.3 KiB in a
-/// release build and about 1.5 KiB in the test profile (docs/benchmarks.md, "Memory
-/// per idle session"); the bound leaves room for allocator noise without letting the
-/// 6 KiB of before come back.
-const MAX_BYTES_PER_SESSION: u64 = 3 * 1024;
+/// The host's ping interval in this test (a peer silent for one is reaped, so not so
+/// short that a loaded machine delays pongs that long).
+const PING: Duration = Duration::from_secs(1);
+/// Most RSS growth of the host per idle session. Measured (docs/benchmarks.md,
+/// "Memory per idle session"): 2.1–2.6 KiB in release builds, 2.1 KiB in the test
+/// profile, run to run as glibc's arenas fall; 6 KiB before issue 11. The bound is
+/// well above the spread and well below the old figure.
+const MAX_BYTES_PER_SESSION: u64 = 4 * 1024;
 
 const NOTIFY: &str = "app.post('/notify', function (request, response) {\n\
     context.dispatchWebSocketEvent({ type: 'notification', message: 'hello all' });\n\
@@ -156,7 +157,7 @@ async fn ten_thousand_idle_sessions_stay_through_three_pings_and_all_get_a_broad
             &mim_json(&[("WEBSOCKET_SUPPORT", "true")]),
         ),
     ]);
-    let host = Host::start_with(&mims.path(), &["--ping-interval", "500ms"]).await;
+    let host = Host::start_with(&mims.path(), &["--ping-interval", "1s"]).await;
     let pid = host.pid();
     // One session first, so the worker and the hub's maps exist before the baseline.
     let counts = Arc::new(Counts::default());
@@ -189,14 +190,19 @@ async fn ten_thousand_idle_sessions_stay_through_three_pings_and_all_get_a_broad
     );
     println!("{SESSIONS} sessions open in {:?}", started.elapsed());
 
-    // Three ping intervals and a bit: every live session was pinged and stays.
-    let pinged_from = counts.pings.load(Ordering::Relaxed);
-    tokio::time::sleep(PING * 3 + PING / 2).await;
-    let pinged = counts.pings.load(Ordering::Relaxed) - pinged_from;
+    // Three ping rounds: every session pinged about three times, and none reaped.
+    let pinging = Instant::now();
+    let deadline = pinging + PING * 3 + Duration::from_secs(20);
+    while counts.pings.load(Ordering::Relaxed) < SESSIONS * 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pinged = counts.pings.load(Ordering::Relaxed);
     assert!(
-        pinged >= SESSIONS * 2,
-        "only {pinged} pings over three intervals for {SESSIONS} sessions"
+        pinged >= SESSIONS * 3,
+        "only {pinged} pings in {:?} for {SESSIONS} sessions",
+        pinging.elapsed()
     );
+    println!("{pinged} pings in {:?}", started.elapsed());
     let after = rss_kib(pid);
     let per_session = (after.saturating_sub(before)) * 1024 / SESSIONS as u64;
     println!("host RSS {before} KiB -> {after} KiB: {per_session} bytes per idle session");

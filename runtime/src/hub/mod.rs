@@ -10,7 +10,7 @@
 
 mod session;
 
-pub use session::{wake, Batch, Outgoing, SessionHandle, SessionIdent, SessionKind};
+pub use session::{wake, Outgoing, SessionHandle, SessionKind};
 
 use crate::frame::{binary_frame, close, text_frame};
 use crate::supervisor::WorkerEvents;
@@ -558,7 +558,6 @@ impl Hub {
         sessions
             .iter()
             .map(|s| {
-                let info = s.full_info();
                 let kind = match s.kind {
                     SessionKind::Dispatch => "dispatch",
                     SessionKind::Controller => "controller",
@@ -568,8 +567,8 @@ impl Hub {
                 groups.sort();
                 serde_json::json!({
                     "id": s.info.id,
-                    "peer": info.peer,
-                    "path": info.path,
+                    "peer": s.info.peer,
+                    "path": s.info.path,
                     "kind": kind,
                     "groups": groups,
                     "clientId": s.bound_client_id().unwrap_or_else(|| s.info.id.clone()),

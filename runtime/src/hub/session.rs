@@ -2,8 +2,8 @@
 //! how to close it.
 //!
 //! An idle session costs what it holds here plus its task (see docs/benchmarks.md,
-//! "Memory per idle session"): the queue is empty and unallocated, what the session
-//! looked like when it opened is kept packed in one string, and the task is woken
+//! "Memory per idle session"): the queue is empty and unallocated, the upgrade
+//! request's headers and query are kept packed in one string, and the task is woken
 //! through one [`AtomicWaker`] with flags saying why (frames queued, too slow, ping
 //! due) instead of a notifier per reason.
 
@@ -11,7 +11,7 @@ use super::HubStats;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use mimhost_bindings::SessionInfo;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
@@ -51,32 +51,13 @@ pub mod wake {
     pub const PING: u8 = 4;
 }
 
-/// The parts of a session's `SessionInfo` the host reads while it is open.
-#[derive(Debug, Clone, Default)]
-pub struct SessionIdent {
-    /// Session id, unique across nodes and restarts.
-    pub id: String,
-    /// The Dirigible endpoint handler its events go to, if it came in on one.
-    pub handler: Option<String>,
-}
-
-/// What [`SessionHandle::take_batch`] found besides frames.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Batch {
-    /// A close queued after the frames taken: its code and reason.
-    pub closing: Option<(u16, String)>,
-    /// Whether frames stay queued for the next batch.
-    pub more: bool,
-}
-
 /// The hub's side of a session.
 pub struct SessionHandle {
-    /// The session's id and Dirigible handler; the rest of what it looked like when
-    /// it opened is kept packed: see [`SessionHandle::full_info`].
-    pub info: SessionIdent,
-    /// The rest of the session's `SessionInfo` (path, query, headers, peer, method,
-    /// data), postcard-encoded in one allocation.
-    packed: Box<[u8]>,
+    /// What the session looked like when it opened, without its headers and query
+    /// (kept packed: see [`SessionHandle::full_info`]).
+    pub info: SessionInfo,
+    /// The upgrade request's headers and query, as JSON `[headers, params]`.
+    packed: Box<str>,
     /// Its container.
     pub container: String,
     /// Its endpoint.
@@ -107,13 +88,13 @@ impl SessionHandle {
         kind: SessionKind,
         stats: Arc<HubStats>,
     ) -> Self {
-        let id = std::mem::take(&mut info.id);
-        let handler = info.handler.take();
-        let packed = postcard::to_allocvec(&info)
+        let headers = std::mem::take(&mut info.headers);
+        let params = std::mem::take(&mut info.params);
+        let packed = serde_json::to_string(&(headers, params))
             .unwrap_or_default()
-            .into_boxed_slice();
+            .into_boxed_str();
         Self {
-            info: SessionIdent { id, handler },
+            info,
             packed,
             container,
             kind,
@@ -127,12 +108,18 @@ impl SessionHandle {
         }
     }
 
-    /// The session as it opened, every field (for the `open` event, the MCM API's
-    /// session list and a restarted worker).
+    /// The session as it opened, headers and query included (for the `open` event
+    /// and for a restarted worker).
     pub fn full_info(&self) -> SessionInfo {
-        let mut info: SessionInfo = postcard::from_bytes(&self.packed).unwrap_or_default();
-        info.id = self.info.id.clone();
-        info.handler = self.info.handler.clone();
+        let mut info = self.info.clone();
+        if let Ok((headers, params)) = serde_json::from_str::<(
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+        )>(&self.packed)
+        {
+            info.headers = headers;
+            info.params = params;
+        }
         info
     }
 
@@ -179,12 +166,10 @@ impl SessionHandle {
     }
 
     /// Moves queued frames to `out` (under one lock), up to about `max_bytes`; stops
-    /// at a queued close and returns it. When more stays queued the task is woken
-    /// again for it.
-    pub fn take_batch(&self, out: &mut VecDeque<Bytes>, max_bytes: usize) -> Batch {
+    /// at a queued close and returns it.
+    pub fn take_batch(&self, out: &mut VecDeque<Bytes>, max_bytes: usize) -> Option<(u16, String)> {
         let mut taken = 0;
         let mut closing = None;
-        let more;
         {
             let mut items = self.queue.lock();
             while taken < max_bytes {
@@ -200,16 +185,15 @@ impl SessionHandle {
                     None => break,
                 }
             }
-            more = !items.is_empty();
-            if more {
+            if items.is_empty() {
+                *items = VecDeque::new(); // an idle session keeps no queue memory
+            } else {
                 drop(items);
                 self.wake(wake::QUEUED); // more to take after this batch
-            } else {
-                *items = VecDeque::new(); // an idle session keeps no queue memory
             }
         }
         self.queued_bytes.fetch_sub(taken, Ordering::Relaxed);
-        Batch { closing, more }
+        closing
     }
 
     /// Whether the session was marked too slow.
@@ -332,7 +316,6 @@ mod tests {
     fn handle() -> SessionHandle {
         let info = SessionInfo {
             id: "n-1-0".into(),
-            path: "/ws/c".into(),
             headers: [("host".to_string(), "h".to_string())].into(),
             params: [("a".to_string(), "1".to_string())].into(),
             ..SessionInfo::default()
@@ -343,12 +326,10 @@ mod tests {
     #[test]
     fn headers_are_packed_and_given_back_whole() {
         let h = handle();
-        assert_eq!(h.info.id, "n-1-0");
+        assert!(h.info.headers.is_empty());
         let full = h.full_info();
-        assert_eq!(full.id, "n-1-0");
         assert_eq!(full.headers.get("host").map(String::as_str), Some("h"));
         assert_eq!(full.params.get("a").map(String::as_str), Some("1"));
-        assert_eq!(full.path, "/ws/c");
     }
 
     #[test]
@@ -360,23 +341,11 @@ mod tests {
         assert!(h.enqueue(&[Bytes::from_static(b"late")]));
         assert_eq!(h.take_wakes(&waker) & wake::QUEUED, wake::QUEUED);
         let mut out = VecDeque::new();
-        assert_eq!(
-            h.take_batch(&mut out, 1 << 20),
-            Batch {
-                closing: Some((1000, "bye".into())),
-                more: true
-            }
-        );
+        assert_eq!(h.take_batch(&mut out, 1 << 20), Some((1000, "bye".into())));
         assert_eq!(out.len(), 2);
         assert_eq!(h.queued_frames(), 1);
         out.clear();
-        assert_eq!(
-            h.take_batch(&mut out, 1 << 20),
-            Batch {
-                closing: None,
-                more: false
-            }
-        );
+        assert_eq!(h.take_batch(&mut out, 1 << 20), None);
         assert_eq!(h.queue.lock().capacity(), 0);
     }
 

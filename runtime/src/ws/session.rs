@@ -59,8 +59,6 @@ pub struct Session {
     unsent: VecDeque<Bytes>,
     /// Whether the peer sent anything since the last ping.
     heard: bool,
-    /// Whether the last batch left frames queued.
-    more: bool,
 }
 
 /// Why the task woke.
@@ -111,7 +109,6 @@ impl Session {
             decoder: None,
             unsent: VecDeque::new(),
             heard: true,
-            more: false,
         }
     }
 
@@ -199,7 +196,7 @@ impl Session {
                 Ok(Some(closing)) => return Box::pin(self.close(closing)).await,
                 Ok(None) => {}
             }
-            if self.more {
+            if !self.unsent.is_empty() || self.handle.queued_frames() > 0 {
                 // More to write than one batch: let the other sessions on this thread
                 // have their turn before the next.
                 tokio::task::yield_now().await;
@@ -292,12 +289,10 @@ impl Session {
     /// task again for the next.
     fn flush(&mut self) -> Result<Option<Closing>, ()> {
         let mut closing = None;
-        self.more = false;
         if self.write_unsent().map_err(|_| ())? {
-            let batch = self.handle.take_batch(&mut self.unsent, MAX_BATCH);
-            self.more = batch.more;
-            closing = batch
-                .closing
+            closing = self
+                .handle
+                .take_batch(&mut self.unsent, MAX_BATCH)
                 .map(|(code, reason)| Closing::Queued(code, reason));
             self.write_unsent().map_err(|_| ())?;
         }
@@ -419,9 +414,7 @@ impl Session {
             if !self.write_all_unsent().await {
                 return Some(1006);
             }
-            if let Some((code, reason)) =
-                self.handle.take_batch(&mut self.unsent, MAX_BATCH).closing
-            {
+            if let Some((code, reason)) = self.handle.take_batch(&mut self.unsent, MAX_BATCH) {
                 return Some(self.close_after_queued(code, &reason).await);
             }
             if self.unsent.is_empty() {
