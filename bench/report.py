@@ -120,11 +120,6 @@ for size, label in [("small", params.get("fan_small")), ("big", params.get("fan_
         row("fan-out %s: server CPU per delivery (µs)" % n,
             get(base + "mimhost", "burst", "cpu_us_per_delivery"), name,
             get(base + key, "burst", "cpu_us_per_delivery"), "lower")
-    if get("floor"):
-        row("fan-out floor: one 64-byte write per frame, CPU (µs)",
-            get("floor", "cpu_us_per_frame_one_write_each"))
-        row("fan-out floor: one write per socket per burst, CPU per frame (µs)",
-            get("floor", "cpu_us_per_frame_one_write_per_burst"))
     if mesa_in_mimhost and get(base + "mimhost-bench"):
         row("fan-out %s via @cryb/mesa Dispatcher: deliveries/s" % n,
             get(base + "mimhost-bench", "burst", "deliveries_per_s"), "Mesa (Dispatcher→Redis)",
@@ -132,6 +127,11 @@ for size, label in [("small", params.get("fan_small")), ("big", params.get("fan_
         row("fan-out %s via @cryb/mesa Dispatcher: p99 (ms)" % n,
             ms(get(base + "mimhost-bench", "burst", "latency", "p99_us")), "Mesa (Dispatcher→Redis)",
             ms(get(base + "mesa", "burst", "latency", "p99_us")), "lower")
+if get("floor"):
+    row("fan-out floor: one 64-byte write per frame, CPU (µs)",
+        get("floor", "cpu_us_per_frame_one_write_each"))
+    row("fan-out floor: one write per socket per burst, CPU per frame (µs)",
+        get("floor", "cpu_us_per_frame_one_write_per_burst"))
 if not mesa_in_mimhost:
     body = get("fanout-mimmesa-unavailable", "body") or ""
     notes.append("mimhost has no `@cryb/mesa` module yet (bench/mims/mesa answered %s: %s), so the "
