@@ -93,6 +93,8 @@ def fmt(v):
 
 
 PEERS = [("node", "Node ws"), ("mesa", "Mesa (Dispatcher→Redis)")]
+if get("fanout-small-bun"):
+    PEERS.append(("bun", "Bun (Bun.serve)"))
 mesa_in_mimhost = "fanout-mimmesa-unavailable" not in raw
 
 for size, label in [("small", params.get("fan_small")), ("big", params.get("fan_big"))]:
@@ -115,6 +117,9 @@ for size, label in [("small", params.get("fan_small")), ("big", params.get("fan_
         row("fan-out %s: one dispatch reaches all (ms)" % n,
             get(base + "mimhost", "dispatch_to_all_ms", "median"), name,
             get(base + key, "dispatch_to_all_ms", "median"), "lower")
+        row("fan-out %s: server CPU per delivery (µs)" % n,
+            get(base + "mimhost", "burst", "cpu_us_per_delivery"), name,
+            get(base + key, "burst", "cpu_us_per_delivery"), "lower")
     if mesa_in_mimhost and get(base + "mimhost-bench"):
         row("fan-out %s via @cryb/mesa Dispatcher: deliveries/s" % n,
             get(base + "mimhost-bench", "burst", "deliveries_per_s"), "Mesa (Dispatcher→Redis)",
@@ -122,6 +127,11 @@ for size, label in [("small", params.get("fan_small")), ("big", params.get("fan_
         row("fan-out %s via @cryb/mesa Dispatcher: p99 (ms)" % n,
             ms(get(base + "mimhost-bench", "burst", "latency", "p99_us")), "Mesa (Dispatcher→Redis)",
             ms(get(base + "mesa", "burst", "latency", "p99_us")), "lower")
+if get("floor"):
+    row("fan-out floor: one 64-byte write per frame, CPU (µs)",
+        get("floor", "cpu_us_per_frame_one_write_each"))
+    row("fan-out floor: one write per socket per burst, CPU per frame (µs)",
+        get("floor", "cpu_us_per_frame_one_write_per_burst"))
 if not mesa_in_mimhost:
     body = get("fanout-mimmesa-unavailable", "body") or ""
     notes.append("mimhost has no `@cryb/mesa` module yet (bench/mims/mesa answered %s: %s), so the "
@@ -146,7 +156,9 @@ row("chat 100: p99 (ms)", ms(get("chat-mimhost", "latency", "p99_us")), "Node ws
 idle = params.get("idle")
 idle_n = "{:,}".format(idle) if idle else "?"
 mh_total = get("idle-mimhost", "bytes_per_session", "total")
-for key, name in [("node", "Node ws"), ("mesa", "Mesa")]:
+for key, name in [("node", "Node ws"), ("mesa", "Mesa"), ("bun", "Bun (Bun.serve)")]:
+    if not get("idle-" + key):
+        continue
     row("idle %s: bytes/session, host+workers" % idle_n, mh_total, name,
         get("idle-" + key, "bytes_per_session", "server"), "lower")
 row("idle %s: bytes/session, host process" % idle_n, get("idle-mimhost", "bytes_per_session", "server"))

@@ -88,6 +88,10 @@ if [[ ! -d bench/peers/node_modules/ws || bench/peers/package-lock.json -nt benc
   say "== installing the Node peers (npm ci)"
   (cd bench/peers && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
+# Bun (npm package `bun`, pinned in the lockfile): its own WebSocket server, when it runs here.
+BUN=bench/peers/node_modules/.bin/bun
+BUN_KIND=bun
+"$BUN" --version >/dev/null 2>&1 || { say "(bun from npm does not run here: the Bun rows are skipped)"; BUN_KIND=; }
 command -v redis-server >/dev/null || { say "== installing redis-server"; apt-get install -y -q redis-server >/dev/null; }
 command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 || say "(wrk not installable: the wrk note is skipped)"
 
@@ -100,7 +104,7 @@ REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 for i in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 # ---------------------------------------------------------------- servers
-# start_server KIND -> sets SRV_PID, SRV_PORT. KIND: mimhost | mimhost-bench | node | mesa
+# start_server KIND -> sets SRV_PID, SRV_PORT. KIND: mimhost | mimhost-bench | node | mesa | bun
 start_server() {
   local kind=$1 port data log
   port=$(free_port)
@@ -113,6 +117,7 @@ start_server() {
       MIMHOST_LOG=warn "$MIMHOST" serve --mims "$mims" --data "$data" --listen "127.0.0.1:$port" --no-watch >"$log" 2>&1 &
       ;;
     node) node bench/peers/server.js --port "$port" --redis "$REDIS_URL" >"$log" 2>&1 & ;;
+    bun) "$BUN" bench/peers/bun-server.js --port "$port" >"$log" 2>&1 & ;;
     mesa) node bench/peers/server.js --port "$port" --mesa --redis "$REDIS_URL" >"$log" 2>&1 & ;;
   esac
   SRV_PID=$!
@@ -153,14 +158,14 @@ echo "{\"quick\": $QUICK, \"fan_small\": $FAN_SMALL, \"fan_big\": $FAN_BIG, \"id
 # ws/post endpoints of each server for the broadcast channel
 fan_urls() { # kind port -> WS_URL POST_URL
   case "$1" in
-    mimhost|node|mesa) WS_URL="ws://127.0.0.1:$2/ws/notify"; POST_URL="http://127.0.0.1:$2/notify/notify" ;;
+    mimhost|node|mesa|bun) WS_URL="ws://127.0.0.1:$2/ws/notify"; POST_URL="http://127.0.0.1:$2/notify/notify" ;;
     mimhost-bench) WS_URL="ws://127.0.0.1:$2/ws/mesa"; POST_URL="http://127.0.0.1:$2/mesa/notify" ;;
   esac
 }
 
 # ---------------------------------------------------------------- 1. fan-out
 say "== 1. broadcast fan-out"
-for kind in mimhost node mesa mimhost-bench; do
+for kind in mimhost node mesa $BUN_KIND mimhost-bench; do
   start_server "$kind"
   if [[ "$kind" == mimhost-bench ]]; then
     # mimhost's own @cryb/mesa Dispatcher: only when the host offers it
@@ -174,14 +179,16 @@ for kind in mimhost node mesa mimhost-bench; do
   fi
   fan_urls "$kind" "$SRV_PORT"
   record "fanout-small-$kind" "$LOADGEN" fanout --ws "$WS_URL" --post "$POST_URL" \
-    --clients "$FAN_SMALL" --singles "$SINGLES" --events "$FAN_SMALL_EVENTS"
+    --clients "$FAN_SMALL" --singles "$SINGLES" --events "$FAN_SMALL_EVENTS" --cpu-pid "$SRV_PID"
   stop_server
   start_server "$kind"
   fan_urls "$kind" "$SRV_PORT"
   record "fanout-big-$kind" "$LOADGEN" fanout --ws "$WS_URL" --post "$POST_URL" \
-    --clients "$FAN_BIG" --singles "$SINGLES" --events "$FAN_BIG_EVENTS"
+    --clients "$FAN_BIG" --singles "$SINGLES" --events "$FAN_BIG_EVENTS" --cpu-pid "$SRV_PID"
   stop_server
 done
+# The floor: a plain loop writing 64-byte frames to loopback sockets.
+record "floor" "$LOADGEN" floor --clients "$FAN_SMALL" --events "$FAN_SMALL_EVENTS"
 
 # ---------------------------------------------------------------- 2. hello
 say "== 2. JS hello handler, 64 connections"
@@ -206,7 +213,7 @@ done
 
 # ---------------------------------------------------------------- 4. idle sessions
 say "== 4. idle sessions"
-for kind in mimhost node mesa; do
+for kind in mimhost node mesa $BUN_KIND; do
   start_server "$kind"
   fan_urls "$kind" "$SRV_PORT"
   record "idle-$kind" "$LOADGEN" hold --ws "$WS_URL" --post "$POST_URL" --clients "$IDLE" --procs 1 --rss-pid "$SRV_PID"

@@ -150,6 +150,26 @@ pub fn fd_count(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
+/// CPU seconds (user + system) `pid` has used, from `/proc/PID/stat`.
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based, man proc).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf reads a constant.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((utime + stime) as f64 / tick)
+}
+
+/// CPU seconds of a server: `pid` and its child processes (a mimhost host's workers).
+pub fn server_cpu_seconds(pid: u32) -> f64 {
+    std::iter::once(pid)
+        .chain(children_of(pid))
+        .filter_map(cpu_seconds_of)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

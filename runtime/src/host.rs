@@ -70,6 +70,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         },
     };
     let hub = Arc::new(Hub::new(&node.node_id, Arc::new(LocalBackplane)));
+    hub.start_pinger(config.ping_interval);
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));
     let (stop, shutdown) = crate::shutdown::signal();
     let seen = mims_dir::load_all(&registry, &config.mims, &node).await;
@@ -107,7 +108,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     stop.fire();
-    hub.close_all(crate::ws::codec::close::GOING_AWAY, "host shutting down");
+    hub.close_all(crate::frame::close::GOING_AWAY, "host shutting down");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), hub.all_closed()).await;
     let _ = server.await;
     if let Some(watcher) = watcher {

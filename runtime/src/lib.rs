@@ -4,6 +4,7 @@
 pub mod config;
 pub mod console;
 pub mod endpoints;
+pub mod frame;
 pub mod host;
 pub mod http;
 pub mod hub;

@@ -54,6 +54,9 @@ enum Command {
     /// Internal: one process's share of `hold`.
     #[command(hide = true)]
     HoldChild(HoldChildArgs),
+    /// The floor of CPU per delivered frame: a plain loop writing 64-byte frames to
+    /// loopback sockets, one `write` per frame and one per socket per burst.
+    Floor(FloorArgs),
 }
 
 #[derive(Args, Clone)]
@@ -104,8 +107,22 @@ struct FanoutArgs {
     /// Seconds to wait for deliveries of one phase.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    /// Server process whose CPU time (with its children's) the burst is charged
+    /// for: CPU per delivered frame.
+    #[arg(long)]
+    cpu_pid: Option<u32>,
     #[command(flatten)]
     common: Common,
+}
+
+#[derive(Args)]
+struct FloorArgs {
+    /// Loopback sockets written to.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// 64-byte frames written to each.
+    #[arg(long, default_value_t = 300)]
+    events: usize,
 }
 
 #[derive(Args)]
@@ -260,6 +277,7 @@ fn main() {
         Command::Http(a) => runtime(a.common.threads).block_on(http_load(a)),
         Command::Chat(a) => runtime(a.common.threads).block_on(chat(a)),
         Command::Hold(a) => hold(a),
+        Command::Floor(a) => floor(a),
         Command::Soak(a) => {
             let plan = mimhost_bench::soak::SoakPlan {
                 base: a.base,
@@ -564,6 +582,7 @@ async fn fanout(a: FanoutArgs) -> Value {
         "fanout: dispatch-to-all {:?} ms",
         to_all.iter().map(|&x| ms(x)).collect::<Vec<_>>()
     );
+    let cpu_before = a.cpu_pid.map(mimhost_bench::net::server_cpu_seconds);
     let burst_start = now_ns();
     for j in a.singles..n_events {
         fan.sent[j].store(now_ns(), Ordering::Relaxed);
@@ -588,6 +607,13 @@ async fn fanout(a: FanoutArgs) -> Value {
         .unwrap_or(burst_start);
     let elapsed = last.saturating_sub(burst_start).max(1);
     let delivered = burst_got();
+    let server_cpu_s = a
+        .cpu_pid
+        .map(mimhost_bench::net::server_cpu_seconds)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let cpu_us_per_delivery =
+        server_cpu_s.map(|s| (s * 1e6 / delivered.max(1) as f64 * 100.0).round() / 100.0);
     eprintln!(
         "fanout: burst of {} events: {} of {} deliveries in {:.1} ms",
         a.events,
@@ -618,6 +644,8 @@ async fn fanout(a: FanoutArgs) -> Value {
             "elapsed_ms": ms(elapsed),
             "deliveries_per_s": (delivered as f64 / (elapsed as f64 / 1e9)).round(),
             "latency": fan.burst.summary(),
+            "server_cpu_s": server_cpu_s,
+            "cpu_us_per_delivery": cpu_us_per_delivery,
         },
         "post_errors": post_errors,
         "other_frames": fan.other_frames.load(Ordering::Relaxed),
@@ -947,6 +975,78 @@ async fn chat(a: ChatArgs) -> Value {
         "deliveries_per_s": (delivered as f64 / (elapsed as f64 / 1e9)).round(),
         "messages_per_s": (sent as f64 / a.duration).round(),
         "latency": room.hist.summary(),
+    })
+}
+
+// ---------------------------------------------------------------- floor
+
+/// CPU seconds this thread has used.
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: clock_gettime fills a stack struct.
+    unsafe {
+        let mut t: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t);
+        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+    }
+}
+
+/// The floor of CPU per delivered frame on this machine: `clients` loopback socket
+/// pairs; the writer thread writes `events` 64-byte frames to each, once one `write`
+/// per frame (as a server writing every frame as it comes), once one `write` per
+/// socket holding all of its frames (as a server coalescing a whole burst). Only the
+/// writer thread's CPU is counted; the frames fit in the socket buffers, so nothing
+/// reads meanwhile.
+fn floor(a: FloorArgs) -> Value {
+    use std::io::Read;
+    raise_nofile();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let mut pairs = Vec::with_capacity(a.clients);
+    for _ in 0..a.clients {
+        let client = std::net::TcpStream::connect(addr).expect("connect loopback");
+        let (server, _) = listener.accept().expect("accept");
+        let _ = server.set_nodelay(true);
+        pairs.push((server, client));
+    }
+    let mut frame = [b'x'; 64]; // a text frame of 62 bytes
+    frame[0] = 0x81;
+    frame[1] = 62;
+    let drain = |pairs: &mut Vec<(std::net::TcpStream, std::net::TcpStream)>| {
+        let mut buf = vec![0u8; 64 * 1024];
+        for (_, client) in pairs.iter_mut() {
+            let _ = client.set_nonblocking(true);
+            while let Ok(n) = client.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+    };
+    let frames = (a.clients * a.events) as f64;
+    let start = thread_cpu_seconds();
+    for _ in 0..a.events {
+        for (server, _) in pairs.iter_mut() {
+            server.write_all(&frame).expect("write");
+        }
+    }
+    let per_frame = (thread_cpu_seconds() - start) * 1e6 / frames;
+    drain(&mut pairs);
+    let burst: Vec<u8> = frame.iter().copied().cycle().take(64 * a.events).collect();
+    let start = thread_cpu_seconds();
+    for (server, _) in pairs.iter_mut() {
+        server.write_all(&burst).expect("write");
+    }
+    let coalesced = (thread_cpu_seconds() - start) * 1e6 / frames;
+    drain(&mut pairs);
+    eprintln!(
+        "floor: {per_frame:.2} µs per frame written alone, {coalesced:.3} µs per frame coalesced"
+    );
+    json!({
+        "scenario": "floor",
+        "clients": a.clients,
+        "events": a.events,
+        "cpu_us_per_frame_one_write_each": (per_frame * 100.0).round() / 100.0,
+        "cpu_us_per_frame_one_write_per_burst": (coalesced * 1000.0).round() / 1000.0,
     })
 }
 

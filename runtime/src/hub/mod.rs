@@ -10,16 +10,17 @@
 
 mod session;
 
-pub use session::{Outgoing, SessionHandle, SessionKind};
+pub use session::{wake, Outgoing, SessionHandle, SessionKind};
 
+use crate::frame::{binary_frame, close, text_frame};
 use crate::supervisor::WorkerEvents;
-use crate::ws::codec::{binary_frame, close, text_frame};
 use base64::Engine;
 use bytes::Bytes;
 use mimhost_bindings::{SessionInfo, WsAnswer, WsOp, WsQuery};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// The frame a mim's message becomes: text, or (`binary`) the bytes its base64 holds.
 /// None, logged, when the base64 is broken (only a broken worker sends that).
@@ -536,7 +537,7 @@ impl Hub {
         self.read()
             .by_container
             .get(container)
-            .map(|m| m.values().map(|s| s.info.clone()).collect())
+            .map(|m| m.values().map(|s| s.full_info()).collect())
             .unwrap_or_default()
     }
 
@@ -598,6 +599,32 @@ impl Hub {
         for s in self.read().sessions.values() {
             s.close(code, reason);
         }
+    }
+
+    /// Asks every session to ping its peer, or to close if the peer stayed silent
+    /// since the last time (dead peers are reaped).
+    pub fn ping_sessions(&self) {
+        for s in self.read().sessions.values() {
+            s.ping();
+        }
+    }
+
+    /// Pings every session each `every` from one task for the whole node, so an idle
+    /// session needs no timer of its own. Stops when the hub is dropped.
+    pub fn start_pinger(self: &Arc<Self>, every: Duration) {
+        let hub = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                match hub.upgrade() {
+                    Some(hub) => hub.ping_sessions(),
+                    None => break,
+                }
+            }
+        });
     }
 
     /// How many sessions are open.

@@ -1,17 +1,27 @@
 //! One session's task: reads client frames and turns them into events for the
-//! container, writes what the hub queued (many frames per write), pings idle peers
-//! and reaps dead ones. It owns the socket; the hub only holds its queue.
+//! container, writes what the hub queued (many frames per `writev`), answers the
+//! node's pinger and is reaped when its peer stays silent. It owns the socket; the
+//! hub only holds its queue.
+//!
+//! Idle, the task is small: it waits in one `poll_fn` on its handle's waker and the
+//! socket's readiness, with no read buffer, decoder, write queue or timer of its own
+//! (they are made when bytes come and dropped when done). The rare paths (closing,
+//! lingering) are boxed so their futures do not size every idle session's task.
 
-use super::codec::{close, close_frame, ping_frame, pong_frame, Decoder, Incoming, Violation};
-use crate::hub::{Hub, Outgoing, SessionHandle};
+use super::codec::{Decoder, Incoming, Violation};
+use crate::frame::{close, close_frame, pong_frame};
+use crate::hub::{wake, Hub, SessionHandle};
 use crate::registry::Container;
 use crate::supervisor::{Call, InvokeError};
 use base64::Engine;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use mimhost_bindings::WsEvent;
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,32 +29,59 @@ use tokio::net::TcpStream;
 /// Most bytes read off the socket before the decoder takes them (it consumes payload
 /// as it comes, so a big message never sits here whole).
 const MAX_READ: usize = 256 * 1024;
-/// Most bytes written to the socket in one go.
+/// Most queued bytes taken for one write; a session with more yields between batches
+/// so one long queue does not hold a runtime thread while others wait.
 const MAX_BATCH: usize = 256 * 1024;
+/// Most frames handed to one `writev`.
+const MAX_SLICES: usize = 256;
 /// How long a session closing for slowness waits for the socket before dropping it.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long a session closing at the mim's request may take to write what was queued
+/// before its close.
+const CLOSE_DRAIN: Duration = Duration::from_secs(60);
 /// How long a closing session keeps reading what the peer still sends.
 const LINGER: Duration = Duration::from_secs(2);
 /// How long a session about to close waits for the container to finish the events it
 /// already received, so their replies go out before the close frame.
 const SETTLE: Duration = Duration::from_secs(2);
+/// An empty ping frame.
+const PING: &[u8] = &[0x89, 0x00];
 
 /// Everything a session task needs.
 pub struct Session {
-    /// The socket, taken from hyper after the upgrade.
-    pub stream: TcpStream,
-    /// Bytes hyper had read past the upgrade request.
-    pub already_read: Bytes,
-    /// The hub's handle on this session.
-    pub handle: Arc<SessionHandle>,
-    /// The container its events go to.
-    pub container: Arc<Container>,
-    /// The hub.
-    pub hub: Arc<Hub>,
-    /// How often to ping; a peer silent for two of these is reaped.
-    pub ping_interval: Duration,
-    /// Largest message the client may send (`--max-message`; bigger: close 1009).
-    pub max_message: usize,
+    stream: TcpStream,
+    handle: Arc<SessionHandle>,
+    container: Arc<Container>,
+    hub: Arc<Hub>,
+    max_message: usize,
+    /// Bytes read and not yet decoded (unallocated while idle).
+    inbox: BytesMut,
+    /// The decoder, while a frame or message is partly read.
+    decoder: Option<Box<Decoder>>,
+    /// Frames taken from the queue and not yet written (unallocated while idle).
+    unsent: VecDeque<Bytes>,
+    /// Whether the peer sent anything since the last ping.
+    heard: bool,
+}
+
+/// Why the task woke.
+enum Woke {
+    Flags(u8),
+    Readable,
+    Writable,
+    Failed,
+}
+
+/// How a session ends (besides its socket failing).
+enum Closing {
+    /// The mim (or the host) asked: close after what was queued before.
+    Queued(u16, String),
+    /// The client sent a close frame (with its code, if any).
+    Peer(Option<u16>),
+    /// The client broke the protocol or a limit: close with this code.
+    Violation(u16),
+    /// The client fell too far behind: close 1008 now.
+    Slow,
 }
 
 /// What one read of the socket found.
@@ -54,31 +91,49 @@ enum Read {
     Closed,
 }
 
-/// Why the loop ended: the close code for the `close` event.
-enum End {
-    Closed(u16),
-}
-
 impl Session {
+    /// A session task for `stream` once hyper let go of it; `already_read` is what
+    /// hyper read past the upgrade request (copied: hyper's buffer may be large).
+    pub fn new(
+        stream: TcpStream,
+        already_read: &[u8],
+        handle: Arc<SessionHandle>,
+        container: Arc<Container>,
+        hub: Arc<Hub>,
+        max_message: usize,
+    ) -> Self {
+        Self {
+            stream,
+            handle,
+            container,
+            hub,
+            max_message,
+            inbox: BytesMut::from(already_read),
+            decoder: None,
+            unsent: VecDeque::new(),
+            heard: true,
+        }
+    }
+
     /// Runs the session until either side closes it.
     pub async fn run(mut self) {
         self.event("open", None, false, None);
-        let End::Closed(code) = self.serve().await;
+        let code = self.serve().await;
         self.hub.unregister(&self.handle);
         self.event("close", None, false, Some(code));
     }
 
     /// Whether the container's code hears this session's events: through
     /// `webSocketEvent`, or always for a session on a Dirigible endpoint.
-    fn heard(&self) -> bool {
+    fn heard_by_container(&self) -> bool {
         self.handle.info.handler.is_some() || self.container.supervisor.wants_ws_events()
     }
 
     fn event(&self, kind: &str, message: Option<String>, binary: bool, close_code: Option<u16>) {
-        if !self.heard() {
+        if !self.heard_by_container() {
             return;
         }
-        let info = (kind == "open").then(|| self.handle.info.clone());
+        let info = (kind == "open").then(|| self.handle.full_info());
         self.call(WsEvent {
             session: self.handle.info.id.clone(),
             info,
@@ -110,7 +165,7 @@ impl Session {
     }
 
     fn error_event(&self, error: &str) {
-        if !self.heard() {
+        if !self.heard_by_container() {
             return;
         }
         self.call(WsEvent {
@@ -121,69 +176,98 @@ impl Session {
         });
     }
 
-    async fn serve(&mut self) -> End {
-        let mut decoder = Decoder::new(self.max_message);
-        // Copy what hyper read ahead and let go of its buffer, which may be large.
-        let mut inbox = BytesMut::from(&std::mem::take(&mut self.already_read)[..]);
-        let mut ping = tokio::time::interval(self.ping_interval);
-        ping.tick().await;
-        let mut heard = true;
-        if let Some(end) = self.take_messages(&mut decoder, &mut inbox).await {
-            return end;
+    /// The loop; returns the close code for the `close` event.
+    async fn serve(&mut self) -> u16 {
+        if !self.inbox.is_empty() {
+            if let Some(closing) = self.take_messages() {
+                return Box::pin(self.close(closing)).await;
+            }
         }
         loop {
-            tokio::select! {
-                biased;
-                _ = self.handle.kill.notified() => return self.close_slow().await,
-                first = self.handle.next_outgoing() => {
-                    if let Some(end) = self.write_batch(first).await {
-                        return end;
+            let step = match self.wait().await {
+                Woke::Failed => return 1006,
+                Woke::Flags(flags) => {
+                    if flags & wake::SLOW != 0 || self.handle.is_slow() {
+                        return Box::pin(self.close(Closing::Slow)).await;
                     }
+                    if flags & wake::PING != 0 {
+                        if !self.heard {
+                            tracing::debug!(session = %self.handle.info.id, "reaped: no answer to ping");
+                            return 1006;
+                        }
+                        self.heard = false;
+                        self.unsent.push_back(Bytes::from_static(PING));
+                    }
+                    None
                 }
-                ready = self.stream.readable() => {
-                    if ready.is_err() {
-                        return End::Closed(1006);
+                Woke::Readable => match self.read_available() {
+                    Read::Data => {
+                        self.heard = true;
+                        self.take_messages()
                     }
-                    match self.read_available(&mut inbox) {
-                        Read::Data => heard = true,
-                        Read::Nothing => continue,
-                        Read::Closed => return End::Closed(1006),
-                    }
-                    if let Some(end) = self.take_messages(&mut decoder, &mut inbox).await {
-                        return end;
-                    }
-                    if inbox.is_empty() {
-                        inbox = BytesMut::new(); // an idle session holds no read buffer
-                    }
-                }
-                _ = ping.tick() => {
-                    if !heard {
-                        tracing::debug!(session = %self.handle.info.id, "reaped: no answer to ping");
-                        return End::Closed(1006);
-                    }
-                    heard = false;
-                    if self.stream.write_all(&ping_frame()).await.is_err() {
-                        return End::Closed(1006);
-                    }
-                }
+                    Read::Nothing => continue,
+                    Read::Closed => return 1006,
+                },
+                Woke::Writable => None,
+            };
+            if let Some(closing) = step {
+                return Box::pin(self.close(closing)).await;
+            }
+            match self.flush() {
+                Err(()) => return 1006,
+                Ok(Some(closing)) => return Box::pin(self.close(closing)).await,
+                Ok(None) => {}
+            }
+            if !self.unsent.is_empty() || self.handle.queued_frames() > 0 {
+                // More to write than one batch: let the other sessions on this thread
+                // have their turn before the next.
+                tokio::task::yield_now().await;
             }
         }
     }
 
+    /// Waits until the hub wakes the task, the socket can be read, or (with frames
+    /// unsent) written.
+    fn wait(&self) -> impl std::future::Future<Output = Woke> + '_ {
+        std::future::poll_fn(move |cx| {
+            let flags = self.handle.take_wakes(cx.waker());
+            if flags != 0 {
+                return Poll::Ready(Woke::Flags(flags));
+            }
+            if !self.unsent.is_empty() {
+                match self.stream.poll_write_ready(cx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Woke::Writable),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Woke::Failed),
+                    Poll::Pending => {}
+                }
+            }
+            // Through the reader slot, so this task's waker replaces the one hyper's
+            // connection task left there (which kept that finished task's memory).
+            match self.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Woke::Readable),
+                Poll::Ready(Err(_)) => Poll::Ready(Woke::Failed),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    }
+
     /// Reads what the socket has now.
-    fn read_available(&mut self, inbox: &mut BytesMut) -> Read {
+    fn read_available(&mut self) -> Read {
         let mut got = false;
         loop {
-            inbox.reserve(8192);
-            match self.stream.try_read_buf(inbox) {
+            self.inbox.reserve(8192);
+            match self.stream.try_read_buf(&mut self.inbox) {
                 Ok(0) => return if got { Read::Data } else { Read::Closed },
                 Ok(_) => {
                     got = true;
-                    if inbox.len() > MAX_READ {
+                    if self.inbox.len() > MAX_READ {
                         return Read::Data;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !got && self.inbox.is_empty() {
+                        self.inbox = BytesMut::new();
+                    }
                     return if got { Read::Data } else { Read::Nothing };
                 }
                 Err(_) => return Read::Closed,
@@ -191,127 +275,174 @@ impl Session {
         }
     }
 
-    /// Handles every complete message in `inbox`; Some when the session must end.
-    async fn take_messages(&mut self, decoder: &mut Decoder, inbox: &mut BytesMut) -> Option<End> {
-        loop {
-            match decoder.next(inbox) {
-                Ok(None) => return None,
+    /// Handles every complete message in the inbox (pongs go to `unsent`); Some when
+    /// the session must close.
+    fn take_messages(&mut self) -> Option<Closing> {
+        let mut decoder = self
+            .decoder
+            .take()
+            .unwrap_or_else(|| Box::new(Decoder::new(self.max_message)));
+        let closing = loop {
+            match decoder.next(&mut self.inbox) {
+                Ok(None) => break None,
                 Ok(Some(Incoming::Text(text))) => self.event("message", Some(text), false, None),
                 Ok(Some(Incoming::Binary(data))) => {
                     let b64 = base64::engine::general_purpose::STANDARD.encode(data);
                     self.event("message", Some(b64), true, None);
                 }
-                Ok(Some(Incoming::Ping(payload))) => {
-                    if self.stream.write_all(&pong_frame(&payload)).await.is_err() {
-                        return Some(End::Closed(1006));
-                    }
-                }
+                Ok(Some(Incoming::Ping(payload))) => self.unsent.push_back(pong_frame(&payload)),
                 Ok(Some(Incoming::Pong)) => {}
-                Ok(Some(Incoming::Close(code))) => {
-                    if let Some(end) = self.flush_replies().await {
-                        return Some(end);
-                    }
-                    let code = code.unwrap_or(1005);
-                    let echo = if code == 1005 { close::NORMAL } else { code };
-                    let _ = self.stream.write_all(&close_frame(echo, "")).await;
-                    return Some(End::Closed(code));
+                Ok(Some(Incoming::Close(code))) => break Some(Closing::Peer(code)),
+                Err(Violation(code)) => break Some(Closing::Violation(code)),
+            }
+        };
+        if self.inbox.is_empty() {
+            self.inbox = BytesMut::new(); // an idle session holds no read buffer
+        }
+        if !decoder.is_idle() {
+            self.decoder = Some(decoder);
+        }
+        closing
+    }
+
+    /// Writes what is unsent and then one batch from the queue, without waiting:
+    /// Ok(None) when written or the socket is full, Ok(Some) when the queue asked to
+    /// close, Err when the socket failed. A queue longer than a batch has woken the
+    /// task again for the next.
+    fn flush(&mut self) -> Result<Option<Closing>, ()> {
+        let mut closing = None;
+        if self.write_unsent().map_err(|_| ())? {
+            closing = self
+                .handle
+                .take_batch(&mut self.unsent, MAX_BATCH)
+                .map(|(code, reason)| Closing::Queued(code, reason));
+            self.write_unsent().map_err(|_| ())?;
+        }
+        if self.unsent.is_empty() && self.unsent.capacity() > 0 {
+            self.unsent = VecDeque::new(); // an idle session keeps no write queue
+        }
+        Ok(closing)
+    }
+
+    /// Writes unsent frames with `writev` until done (true) or the socket is full
+    /// (false).
+    fn write_unsent(&mut self) -> std::io::Result<bool> {
+        while !self.unsent.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(self.unsent.iter()) {
+                *slot = IoSlice::new(frame);
+                count += 1;
+            }
+            let mut written = match self.stream.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            while written > 0 {
+                let Some(front) = self.unsent.front_mut() else {
+                    break;
+                };
+                if written >= front.len() {
+                    written -= front.len();
+                    self.unsent.pop_front();
+                } else {
+                    front.advance(written);
+                    written = 0;
                 }
-                Err(Violation(code)) => {
-                    if let Some(end) = self.flush_replies().await {
-                        return Some(end);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes every unsent frame, waiting for the socket; false when it failed.
+    async fn write_all_unsent(&mut self) -> bool {
+        loop {
+            match self.write_unsent() {
+                Ok(true) => return true,
+                Ok(false) => {
+                    if self.stream.writable().await.is_err() {
+                        return false;
                     }
-                    let _ = self.stream.write_all(&close_frame(code, "")).await;
-                    self.linger().await;
-                    let error = match code {
-                        close::TOO_BIG => {
-                            format!("message over the {} limit", size_text(self.max_message))
-                        }
-                        close::INVALID_DATA => "text that is not UTF-8".to_string(),
-                        _ => "WebSocket protocol error".to_string(),
-                    };
-                    self.error_event(&error);
-                    return Some(End::Closed(code));
                 }
+                Err(_) => return false,
             }
         }
     }
 
-    /// Writes `first` and whatever else is queued, up to a batch, in one write.
-    async fn write_batch(&mut self, first: Outgoing) -> Option<End> {
-        let mut batch = BytesMut::new();
-        let mut closing = None;
-        let mut next = Some(first);
-        let mut single: Option<Bytes> = None;
-        while let Some(out) = next.take() {
-            match out {
-                Outgoing::Frame(frame) => {
-                    self.handle.written(frame.len());
-                    if single.is_none() && batch.is_empty() {
-                        single = Some(frame);
-                    } else {
-                        if let Some(s) = single.take() {
-                            batch.extend_from_slice(&s);
-                        }
-                        batch.extend_from_slice(&frame);
+    /// Closes the session; the code for the `close` event.
+    async fn close(&mut self, closing: Closing) -> u16 {
+        match closing {
+            Closing::Slow => {
+                self.handle.discard_queue();
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.write_all_unsent()).await;
+                let frame = close_frame(close::POLICY, "client too slow");
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.stream.write_all(&frame)).await;
+                self.linger().await;
+                close::POLICY
+            }
+            Closing::Queued(code, reason) => self.close_after_queued(code, &reason).await,
+            Closing::Peer(code) => {
+                if let Some(end) = self.flush_replies().await {
+                    return end;
+                }
+                let code = code.unwrap_or(1005);
+                let echo = if code == 1005 { close::NORMAL } else { code };
+                let _ = self.stream.write_all(&close_frame(echo, "")).await;
+                code
+            }
+            Closing::Violation(code) => {
+                if let Some(end) = self.flush_replies().await {
+                    return end;
+                }
+                let _ = self.stream.write_all(&close_frame(code, "")).await;
+                self.linger().await;
+                let error = match code {
+                    close::TOO_BIG => {
+                        format!("message over the {} limit", size_text(self.max_message))
                     }
-                }
-                Outgoing::Close(code, reason) => {
-                    closing = Some((code, reason));
-                    break;
-                }
-            }
-            if batch.len() < MAX_BATCH {
-                next = self.handle.try_outgoing();
+                    close::INVALID_DATA => "text that is not UTF-8".to_string(),
+                    _ => "WebSocket protocol error".to_string(),
+                };
+                self.error_event(&error);
+                code
             }
         }
-        let bytes = single.unwrap_or_else(|| batch.freeze());
-        if !bytes.is_empty() {
-            let write = self.stream.write_all(&bytes);
-            tokio::pin!(write);
-            let finished = tokio::select! {
-                r = &mut write => r.is_ok(),
-                _ = self.handle.kill.notified() => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut write).await;
-                    return Some(self.close_slow().await);
-                }
-            };
-            if !finished {
-                return Some(End::Closed(1006));
-            }
+    }
+
+    /// Writes what was queued before the close, then the close frame.
+    async fn close_after_queued(&mut self, code: u16, reason: &str) -> u16 {
+        match tokio::time::timeout(CLOSE_DRAIN, self.write_all_unsent()).await {
+            Ok(true) => {}
+            _ => return 1006,
         }
-        if let Some((code, reason)) = closing {
-            let _ = self.stream.write_all(&close_frame(code, &reason)).await;
-            self.linger().await;
-            return Some(End::Closed(code));
-        }
-        None
+        let _ = self.stream.write_all(&close_frame(code, reason)).await;
+        self.linger().await;
+        code
     }
 
     /// Before a close: lets the container finish the events this session already
     /// sent it (briefly) and writes the replies they queued. Some when the session
     /// ended meanwhile (the mim closed it, or the socket failed).
-    async fn flush_replies(&mut self) -> Option<End> {
+    async fn flush_replies(&mut self) -> Option<u16> {
         let deadline = tokio::time::Instant::now() + SETTLE;
         while self.container.supervisor.ws_busy(&self.handle.info.id)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        while let Some(first) = self.handle.try_outgoing() {
-            if let Some(end) = self.write_batch(first).await {
-                return Some(end);
+        loop {
+            if !self.write_all_unsent().await {
+                return Some(1006);
+            }
+            if let Some((code, reason)) = self.handle.take_batch(&mut self.unsent, MAX_BATCH) {
+                return Some(self.close_after_queued(code, &reason).await);
+            }
+            if self.unsent.is_empty() {
+                return None;
             }
         }
-        None
-    }
-
-    /// Drops what is queued and closes 1008 (the client fell too far behind).
-    async fn close_slow(&mut self) -> End {
-        self.handle.discard_queue();
-        let frame = close_frame(close::POLICY, "client too slow");
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.stream.write_all(&frame)).await;
-        self.linger().await;
-        End::Closed(close::POLICY)
     }
 
     /// After our close frame: stop writing and read (and drop) what the peer still
@@ -319,7 +450,7 @@ impl Session {
     /// a reset that could swallow the close frame.
     async fn linger(&mut self) {
         let _ = self.stream.shutdown().await;
-        let mut scratch = vec![0u8; 4096]; // on the heap: it would bloat every idle session's task
+        let mut scratch = vec![0u8; 4096];
         let deadline = tokio::time::Instant::now() + LINGER;
         while let Ok(Ok(n)) =
             tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await

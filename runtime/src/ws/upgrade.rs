@@ -198,7 +198,6 @@ fn accept(
     // Registered before the 101 leaves: a client that has seen the 101 gets every
     // frame sent after it (its queue holds them until the session task runs).
     let hub = state.hub.clone();
-    let ping_interval = state.config.ping_interval;
     let max_message = state.config.max_message;
     let stats = hub.stats_for(&container.name);
     let handle = Arc::new(SessionHandle::new(
@@ -223,16 +222,19 @@ fn accept(
                 return tracing::debug!("upgrade failed: {e}");
             }
         };
-        let session = Session {
-            stream: parts.io.into_inner(),
-            already_read: parts.read_buf,
-            handle,
-            container,
-            hub,
-            ping_interval,
-            max_message,
-        };
-        session.run().await;
+        // Its own task: this one (holding the upgrade request) ends here, and an
+        // idle session's task holds only the session.
+        tokio::spawn(
+            Session::new(
+                parts.io.into_inner(),
+                &parts.read_buf,
+                handle,
+                container,
+                hub,
+                max_message,
+            )
+            .run(),
+        );
     });
     resp
 }
