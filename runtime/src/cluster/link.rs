@@ -106,7 +106,7 @@ async fn read(cluster: &Cluster, mut sink: PubSubSink, mut stream: PubSubStream,
                 // must answer within the probe window.
                 let mut commands = cluster.commands();
                 let ok = tokio::time::timeout(PROBE_EVERY * 2, async {
-                    sink.ping::<String>().await.is_ok()
+                    sink.ping::<redis::Value>().await.is_ok()
                         && redis::cmd("PING").query_async::<String>(&mut commands).await.is_ok()
                 })
                 .await
