@@ -711,3 +711,20 @@ async fn a_node_started_while_redis_is_down_serves_locally_and_joins_later() {
     room(&other, json!({ "calls": [["sendToAll", ["from n1"]]] })).await;
     assert_eq!(text(&mut a).await, "from n1");
 }
+
+#[test]
+fn a_cluster_url_that_is_not_redis_stops_the_host_with_a_clear_error() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_mimhost"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--mims"])
+        .arg(data.path())
+        .arg("--data")
+        .arg(data.path())
+        .args(["--cluster", "http://user:secret@127.0.0.1:1"])
+        .output()
+        .expect("run mimhost");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a Redis URL"), "{err}");
+    assert!(!err.contains("secret"), "the password leaked: {err}");
+}
