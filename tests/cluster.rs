@@ -1,7 +1,7 @@
 //! The cluster (SPEC 8 and Mesa's Redis protocol of SPEC 6), black-box: a real
 //! `redis-server` on a free port started here (`--save '' --appendonly no`), three
 //! real `mimhost serve --cluster` processes on one `mims/` folder, real WebSocket
-//! clients, and the real `@cryb/mesa` 1.5.8 Dispatcher from Node. Without
+//! clients, and the real `@cryb/mesa` 1.5.8 Dispatcher and Server from Node. Without
 //! redis-server (or node for the Mesa test) a test skips with a reason, and fails
 //! under `CI=true`.
 
@@ -727,4 +727,94 @@ fn a_cluster_url_that_is_not_redis_stops_the_host_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a Redis URL"), "{err}");
     assert!(!err.contains("secret"), "the password leaked: {err}");
+}
+
+/// A real Mesa server (tests/cluster/server.js), killed on drop.
+struct MesaServer(Child);
+
+impl Drop for MesaServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mimhosts_dispatcher_reaches_a_real_mesa_servers_clients() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let Some(dir) = mesa_peer() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = Command::new("node")
+        .args(["server.js", &redis.url(), "room", &port.to_string()])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the Mesa server");
+    let stdout = child.stdout.take().expect("its stdout");
+    let _server = MesaServer(child);
+    let ready = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l == "ready")
+    });
+    assert!(tokio::time::timeout(WAIT, ready)
+        .await
+        .expect("ready in time")
+        .expect("reader"));
+    let (_mims, hosts) = nodes(&redis, 2).await;
+
+    // A Mesa client authenticates as mina; a mimhost session binds alice.
+    let (mut mina, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}"))
+        .await
+        .expect("connect to the Mesa server");
+    let hello: Value = serde_json::from_str(&text(&mut mina).await).expect("JSON");
+    assert_eq!(hello["op"], 10, "{hello}");
+    use futures_util::SinkExt;
+    mina.send(Message::text(
+        json!({"op": 2, "d": {"id": "mina"}}).to_string(),
+    ))
+    .await
+    .expect("authenticate");
+    let welcome: Value = serde_json::from_str(&text(&mut mina).await).expect("JSON");
+    assert_eq!(welcome["op"], 22, "{welcome}");
+    let (mut a, ida) = session(&hosts[1]).await;
+    room(
+        &hosts[1],
+        json!({ "calls": [["setClientId", [ida, "alice"]]] }),
+    )
+    .await;
+    let both: BTreeSet<String> = ["alice", "mina"].map(String::from).into();
+    assert!(poll_until(WAIT, || async {
+        (redis.members("connected_clients_room") == both).then_some(())
+    })
+    .await
+    .is_some());
+
+    // mimhost's Dispatcher (namespace room) on n0 reaches both, once each; with sync,
+    // mina counts as connected (Mesa's own set), so nothing is kept for her.
+    let mesa = json!({ "mesa": [
+        { "to": ["alice", "mina"], "op": 0, "d": "hi", "t": "T" },
+        { "to": ["mina"], "op": 0, "d": "synced", "t": "T", "sync": true }
+    ]});
+    room(&hosts[0], mesa).await;
+    assert_eq!(text(&mut a).await, frame(0, json!("hi")));
+    for want in ["hi", "synced"] {
+        let got: Value = serde_json::from_str(&text(&mut mina).await).expect("JSON");
+        assert_eq!(
+            (got["op"].clone(), got["d"].clone(), got["t"].clone()),
+            (json!(0), json!(want), json!("T")),
+            "{got}"
+        );
+    }
+    assert_eq!(
+        redis.cli(&["HEXISTS", "undelivered_messages_room", "mina"]),
+        "0"
+    );
 }
