@@ -2,7 +2,7 @@
 //! and shuts them down in order.
 
 use crate::config::Config;
-use crate::hub::{Hub, LocalBackplane};
+use crate::hub::{Backplane, Hub, LocalBackplane};
 use crate::mims_dir::{self, NodeFacts};
 use crate::registry::Registry;
 use crate::state::HostState;
@@ -23,6 +23,9 @@ pub enum HostError {
         /// Why.
         source: std::io::Error,
     },
+    /// The `--cluster` setting is unusable.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The listen address could not be bound.
     #[error(
         "cannot listen on {addr}: {source} (is another host running? try --listen 127.0.0.1:0)"
@@ -69,7 +72,15 @@ pub async fn run(config: Config) -> Result<(), HostError> {
             bytes: config.max_queue_bytes,
         },
     };
-    let hub = Arc::new(Hub::new(&node.node_id, Arc::new(LocalBackplane)));
+    let cluster = match &config.cluster {
+        Some(url) => Some(crate::cluster::Cluster::new(url, &node.node_id)?),
+        None => None,
+    };
+    let backplane: Arc<dyn Backplane> = match &cluster {
+        Some(c) => Arc::new(crate::cluster::backplane::ClusterBackplane(c.clone())),
+        None => Arc::new(LocalBackplane),
+    };
+    let hub = Arc::new(Hub::new(&node.node_id, backplane));
     hub.start_pinger(config.ping_interval);
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));
     let (stop, shutdown) = crate::shutdown::signal();
@@ -89,6 +100,9 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         node.clone(),
     ));
     mcm.restore().await;
+    if let Some(c) = &cluster {
+        c.start(&hub, Box::new(Containers(Arc::downgrade(&registry))));
+    }
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let state = Arc::new(HostState {
         config,
@@ -98,6 +112,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         mcm,
         metrics,
         hub: hub.clone(),
+        cluster,
     });
     // The port is bound above but not served before everything is loaded, so a
     // client that connects can use every mim.
@@ -117,6 +132,27 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     registry.stop_all().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The registry as the cluster sees it: the containers whose channels this node
+/// hears, and each one's Mesa namespace (SPEC 6: env `MESA_NAMESPACE`, else its name).
+struct Containers(std::sync::Weak<Registry>);
+
+impl crate::cluster::Directory for Containers {
+    fn containers(&self) -> Vec<String> {
+        self.0
+            .upgrade()
+            .map(|r| r.list().iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn namespace(&self, container: &str) -> String {
+        self.0
+            .upgrade()
+            .and_then(|r| r.get(container))
+            .and_then(|c| c.supervisor.spec().env.get("MESA_NAMESPACE").cloned())
+            .unwrap_or_else(|| container.to_string())
+    }
 }
 
 /// The MCM token: the configured one, else the one kept in `<data>/mcm-token`

@@ -23,4 +23,6 @@ pub struct HostState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// WebSocket sessions, groups and fan-out.
     pub hub: Arc<Hub>,
+    /// This node's handle on the cluster's Redis (`--cluster`), if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

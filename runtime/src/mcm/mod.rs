@@ -96,6 +96,9 @@ pub fn metrics(state: &HostState, peer: SocketAddr) -> Response<Body> {
     }
     let mut text = state.metrics.render(state.registry.list().len());
     text.push_str(&state.hub.render_metrics());
+    if let Some(cluster) = &state.cluster {
+        text.push_str(&cluster.render_metrics());
+    }
     let mut resp = Response::new(crate::http::body::full(text));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
