@@ -82,6 +82,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
             &config.data,
             config.max_body,
         )),
+        store_redis: config.cluster.clone(),
     };
     let hub = Arc::new(Hub::new(&node.node_id, Arc::new(LocalBackplane)));
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));

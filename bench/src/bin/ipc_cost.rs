@@ -181,6 +181,7 @@ fn main() {
                 &store,
                 10 << 20,
             )),
+            store_redis: None,
         };
         let sup = Supervisor::start(spec.clone(), store.clone(), limits, Arc::new(NullEvents))
             .await

@@ -446,7 +446,22 @@ pub async fn delete(mcm: &Mcm, id: &str, purge: bool) -> ApiResult {
         .map_err(|e| ApiError::internal(format!("cannot remove the record of {name}: {e}")))?;
     mcm.containers.remove(&name);
     mcm.registry.remove(&name).await;
-    if purge {
+    if let (true, Some(url)) = (purge, mcm.redis.clone()) {
+        let purged = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || crate::store::RedisStore::purge(&url, &name)).await
+        };
+        match purged {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(ApiError::new(
+                    503,
+                    format!("container removed but its store remains: {e}"),
+                ))
+            }
+            Err(e) => return Err(ApiError::internal(format!("purge failed: {e}"))),
+        }
+    } else if purge {
         let store = crate::worker::store_dir(&mcm.data, &name);
         match std::fs::remove_dir_all(&store) {
             Ok(()) => {}

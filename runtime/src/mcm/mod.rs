@@ -94,6 +94,8 @@ pub struct Mcm {
     containers: containers::Records,
     /// Serialises changes (create, update, delete) so records, disk and registry agree.
     ops: tokio::sync::Mutex<()>,
+    /// The cluster's Redis URL (`--cluster`), where container stores live.
+    redis: Option<String>,
 }
 
 impl Mcm {
@@ -108,6 +110,7 @@ impl Mcm {
             images,
             containers: containers::Records::default(),
             ops: tokio::sync::Mutex::new(()),
+            redis: config.cluster.clone(),
         }
     }
 

@@ -42,6 +42,8 @@ pub struct WorkerLimits {
     /// The host's outbound HTTP (`context.http.request`, `fetch`): its client,
     /// `--max-body` and the file area, shared by every worker.
     pub outbound: Arc<OutboundHttp>,
+    /// The cluster's Redis URL (`--cluster`): workers keep their stores there.
+    pub store_redis: Option<String>,
 }
 
 /// Where a worker's output goes besides HTTP answers: the hub, in practice.
@@ -291,7 +293,7 @@ impl Supervisor {
 
     async fn spawn_worker_inner(self: &Arc<Self>) -> Result<(), String> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let (child, stream) = spawn::worker_process(self.limits.memory_bytes)
+        let (child, stream) = spawn::worker_process(self.limits.memory_bytes, self.limits.store_redis.as_deref())
             .map_err(|e| format!("cannot start a worker process: {e}"))?;
         let pid = child.id().unwrap_or(0);
         let (read, write) = stream.into_split();
