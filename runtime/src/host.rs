@@ -101,6 +101,11 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         node.clone(),
     ));
     mcm.restore().await;
+    if let Some(deploys) = mcm.deploys().cloned() {
+        // Catch up with the cluster's deploys before the port opens.
+        deploys.poll_once(&mcm).await;
+        tokio::spawn(crate::cluster::deploys::run(deploys, mcm.clone()));
+    }
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let state = Arc::new(HostState {
         config,

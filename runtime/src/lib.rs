@@ -1,6 +1,7 @@
 //! The mimhost host process: an HTTP server in front of one supervised worker process
 //! per container, each running the container's JavaScript in Boa.
 
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod endpoints;

@@ -7,6 +7,7 @@ mod images;
 pub mod multipart;
 mod observe;
 mod persist;
+mod replica;
 pub mod tar_image;
 pub(crate) mod time;
 
@@ -96,12 +97,20 @@ pub struct Mcm {
     ops: tokio::sync::Mutex<()>,
     /// The cluster's Redis URL (`--cluster`), where container stores live.
     redis: Option<String>,
+    /// The cluster's deploy state (`--cluster`): changes are recorded there.
+    deploys: Option<Arc<crate::cluster::deploys::Deploys>>,
 }
 
 impl Mcm {
     /// The MCM state kept under `config.data`; reads the images already there.
     pub fn open(config: &Config, registry: Arc<Registry>, node: NodeFacts) -> Self {
         let images = images::ImageStore::open(&config.data);
+        let deploys = config.cluster.as_deref().and_then(|url| {
+            crate::cluster::deploys::Deploys::new(url, &node.node_id)
+                .inspect_err(|e| tracing::error!("--cluster: {e}; deploys stay on this node"))
+                .ok()
+                .map(Arc::new)
+        });
         Self {
             data: config.data.clone(),
             registry,
@@ -111,6 +120,7 @@ impl Mcm {
             containers: containers::Records::default(),
             ops: tokio::sync::Mutex::new(()),
             redis: config.cluster.clone(),
+            deploys,
         }
     }
 

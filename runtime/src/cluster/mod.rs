@@ -1,0 +1,3 @@
+//! Several nodes on one Redis behaving as one host (`--cluster`, SPEC 8).
+
+pub mod deploys;
