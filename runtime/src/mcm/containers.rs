@@ -184,10 +184,11 @@ fn mims_view(mcm: &Mcm, c: &crate::registry::Container) -> Value {
     })
 }
 
-/// The JSON shown for a container only other nodes of the cluster serve (their
-/// drop-in mims): what they said about it.
+/// The JSON shown for a container only other nodes of the cluster serve as drop-in
+/// mims: what they said about it. (A deployed container has its record here, so
+/// what other nodes say about one without a record is only not yet refreshed.)
 fn remote_view(name: &str, nodes: &BTreeMap<String, Served>) -> Option<Value> {
-    let (_, first) = nodes.iter().next()?;
+    let (_, first) = nodes.iter().find(|(_, s)| s.source == "mims")?;
     Some(json!({
         "id": name, "name": name, "image": null, "imageId": null, "env": first.env,
         "state": "started", "created": null, "basePath": first.base_path,

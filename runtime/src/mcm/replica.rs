@@ -38,21 +38,20 @@ impl Mcm {
         self.ops.lock().await
     }
 
-    /// The nodes serving container `name`: this one when it runs here, and every
-    /// other node that said so at the last poll.
+    /// The nodes serving container `name`, sorted: this one when it runs here, and
+    /// every other node that said so at the last poll.
     pub fn nodes_serving(&self, name: &str) -> Vec<String> {
         let mut nodes: BTreeSet<String> = self
             .deploys
             .as_ref()
             .map(|d| d.nodes_of(name).into_iter().collect())
             .unwrap_or_default();
-        nodes.remove(&self.node.node_id);
-        let mut out: Vec<String> = Vec::with_capacity(nodes.len() + 1);
         if self.registry.get(name).is_some() {
-            out.push(self.node.node_id.clone());
+            nodes.insert(self.node.node_id.clone());
+        } else {
+            nodes.remove(&self.node.node_id);
         }
-        out.extend(nodes);
-        out
+        nodes.into_iter().collect()
     }
 
     /// What this node serves, for the other nodes' container lists.
