@@ -2,7 +2,7 @@
 //! and shuts them down in order.
 
 use crate::config::Config;
-use crate::hub::{Hub, LocalBackplane};
+use crate::hub::{Backplane, Hub, LocalBackplane};
 use crate::mims_dir::{self, NodeFacts};
 use crate::registry::Registry;
 use crate::supervisor::WorkerLimits;
@@ -28,6 +28,8 @@ pub struct HostState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// WebSocket sessions, groups and fan-out.
     pub hub: Arc<Hub>,
+    /// This node's handle on the cluster's Redis (`--cluster`), if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Errors that stop the host from starting.
@@ -41,6 +43,9 @@ pub enum HostError {
         /// Why.
         source: std::io::Error,
     },
+    /// The `--cluster` setting is unusable.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The listen address could not be bound.
     #[error(
         "cannot listen on {addr}: {source} (is another host running? try --listen 127.0.0.1:0)"
@@ -84,8 +89,19 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         )),
         store_redis: config.cluster.clone(),
     };
-    let hub = Arc::new(Hub::new(&node.node_id, Arc::new(LocalBackplane)));
+    let cluster = match &config.cluster {
+        Some(url) => Some(crate::cluster::Cluster::new(url, &node.node_id)?),
+        None => None,
+    };
+    let backplane: Arc<dyn Backplane> = match &cluster {
+        Some(c) => Arc::new(crate::cluster::backplane::ClusterBackplane(c.clone())),
+        None => Arc::new(LocalBackplane),
+    };
+    let hub = Arc::new(Hub::new(&node.node_id, backplane));
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));
+    if let Some(c) = &cluster {
+        c.start(&hub, namespace_of(&registry));
+    }
     let seen = mims_dir::load_all(&registry, &config.mims, &node).await;
     if config.watch {
         tokio::spawn(mims_dir::watch(
@@ -99,6 +115,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         &config,
         registry.clone(),
         node.clone(),
+        cluster.as_ref(),
     ));
     mcm.restore().await;
     if let Some(deploys) = mcm.deploys().cloned() {
@@ -115,6 +132,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         mcm,
         metrics,
         hub: hub.clone(),
+        cluster,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // The port is bound above but not served before everything is loaded, so a
@@ -135,6 +153,19 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     registry.stop_all().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How the cluster finds a container's Mesa namespace (SPEC 6): its env
+/// `MESA_NAMESPACE`, else its name.
+fn namespace_of(registry: &Arc<Registry>) -> crate::cluster::NamespaceOf {
+    let registry = Arc::downgrade(registry);
+    Box::new(move |container: &str| {
+        registry
+            .upgrade()
+            .and_then(|r| r.get(container))
+            .and_then(|c| c.supervisor.spec().env.get("MESA_NAMESPACE").cloned())
+            .unwrap_or_else(|| container.to_string())
+    })
 }
 
 /// The MCM token: the configured one, else the one kept in `<data>/mcm-token`

@@ -7,8 +7,9 @@
 //! - `mimhost:deploys:images`: hash image id → its record (JSON);
 //! - `mimhost:deploys:image:ID`: the uploaded tar of image ID (at most `--max-image`);
 //! - `mimhost:deploys:containers`: hash container name → its record (JSON);
-//! - `mimhost:deploys:nodes`: sorted set node id → expiry (ms), purged on read;
-//! - `mimhost:deploys:serving:NODE`: what NODE serves (JSON), expiring with it.
+//! - `mimhost:deploys:serving:NODE`: what NODE serves (JSON), refreshed every poll
+//!   and expiring [`SERVING_TTL_MS`] after the last; the nodes are those of
+//!   [`keys::NODES`].
 //!
 //! A node changes its own containers first (that is where code that does not load is
 //! refused), then records the change in Redis. Every node polls the version every
@@ -18,8 +19,9 @@
 //! `--data`, so a node that starts while Redis is down serves what it had, and
 //! catches up when Redis comes.
 
+use super::{keys, Cluster};
 use crate::mcm::{ContainerRecord, ImageMeta, Mcm};
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -28,8 +30,8 @@ use std::time::Duration;
 
 /// How often a node looks at the version counter (and refreshes its presence).
 pub const POLL: Duration = Duration::from_millis(250);
-/// How long a node's presence lasts without a refresh.
-const PRESENCE_TTL_MS: u64 = 6_000;
+/// How long what a node serves stays listed without a refresh.
+const SERVING_TTL_MS: u64 = 3_000;
 /// How long one Redis call may take before the cluster counts as unavailable
 /// (image blobs are fetched with a longer bound).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,7 +41,6 @@ const BLOB_TIMEOUT: Duration = Duration::from_secs(30);
 const VERSION: &str = "mimhost:deploys:version";
 const IMAGES: &str = "mimhost:deploys:images";
 const CONTAINERS: &str = "mimhost:deploys:containers";
-const NODES: &str = "mimhost:deploys:nodes";
 
 fn blob_key(id: &str) -> String {
     format!("mimhost:deploys:image:{id}")
@@ -98,9 +99,7 @@ pub struct Snapshot {
 
 /// This node's door to the deploy state in Redis.
 pub struct Deploys {
-    client: redis::Client,
-    node_id: String,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    cluster: Arc<Cluster>,
     /// The version this node last made its containers match (`None`: match again).
     applied: Mutex<Option<u64>>,
     /// Container name → node id → what that node serves, from the last poll.
@@ -127,47 +126,26 @@ async fn bounded<T>(
 }
 
 impl Deploys {
-    /// The deploy state of the cluster at `url`, for node `node_id`. Nothing is
-    /// connected yet; a node whose Redis is down serves locally meanwhile.
-    pub fn new(url: &str, node_id: &str) -> Result<Self, redis::RedisError> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
-            node_id: node_id.to_string(),
-            conn: tokio::sync::Mutex::new(None),
+    /// The deploy state of `cluster`. Nothing is connected yet; a node whose Redis is
+    /// down serves locally meanwhile.
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self {
+            cluster,
             applied: Mutex::new(None),
             serving: Mutex::new(BTreeMap::new()),
             up: Mutex::new(None),
             create: redis::Script::new(CREATE),
-        })
-    }
-
-    /// A connection (made on first use and after a failure).
-    async fn connection(&self) -> Result<MultiplexedConnection, DeployError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
         }
-        let c = bounded(
-            CALL_TIMEOUT,
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await?;
-        *slot = Some(c.clone());
-        Ok(c)
     }
 
-    /// Runs `op`; a failure drops the connection so the next call makes a new one.
+    /// Runs `op` on the cluster's command connection (which reconnects by itself),
+    /// bounded by `limit`.
     async fn call<T, F, Fut>(&self, limit: Duration, op: F) -> Result<T, DeployError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let con = self.connection().await?;
-        let result = bounded(limit, op(con)).await;
-        if result.is_err() {
-            *self.conn.lock().await = None;
-        }
-        result
+        bounded(limit, op(self.cluster.commands())).await
     }
 
     /// Fails fast (before anything changes) when Redis was unreachable at the last
@@ -330,25 +308,22 @@ impl Deploys {
 
     /// Publishes what this node serves and reads what every live node serves.
     async fn refresh_presence(&self, here: BTreeMap<String, Served>) -> Result<(), DeployError> {
-        let now = now_ms();
-        let node = self.node_id.clone();
+        let node = self.cluster.node_id().to_string();
         let json = serde_json::to_string(&here).unwrap_or_else(|_| "{}".into());
-        let nodes: Vec<String> = self
+        let mut nodes: Vec<String> = self
             .call(CALL_TIMEOUT, |mut c| async move {
                 redis::pipe()
-                    .atomic()
-                    .pset_ex(serving_key(&node), json, PRESENCE_TTL_MS)
+                    .pset_ex(serving_key(&node), json, SERVING_TTL_MS)
                     .ignore()
-                    .zadd(NODES, &node, now + PRESENCE_TTL_MS)
-                    .ignore()
-                    .zrembyscore(NODES, "-inf", now)
-                    .ignore()
-                    .zrange(NODES, 0, -1)
+                    .zrange(keys::NODES, 0, -1)
                     .query_async::<(Vec<String>,)>(&mut c)
                     .await
                     .map(|(nodes,)| nodes)
             })
             .await?;
+        if !nodes.iter().any(|n| n == self.cluster.node_id()) {
+            nodes.push(self.cluster.node_id().to_string());
+        }
         let keys: Vec<String> = nodes.iter().map(|n| serving_key(n)).collect();
         let lists: Vec<Option<String>> = if keys.is_empty() {
             Vec::new()
@@ -468,9 +443,3 @@ fn parse<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Option<T> {
         .ok()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}

@@ -62,6 +62,85 @@ pub trait Backplane: Send + Sync + 'static {
     /// Frames for a container's dispatch channel were delivered locally; other nodes
     /// should deliver them to their sessions too.
     fn publish_dispatch(&self, container: &str, frames: &[String]);
+
+    /// An operation other nodes must apply to their own sessions (a group or
+    /// everyone-send delivered here already, or an operation on a session this node
+    /// does not have).
+    fn publish_op(&self, _container: &str, _op: &WsOp) {}
+
+    /// One of this node's sessions changed what others can see of it (groups,
+    /// client ids, existence).
+    fn presence(&self, _container: &str, _change: PresenceChange) {}
+
+    /// A question only the whole cluster can answer; None: answer from this node.
+    fn query(&self, _container: &str, _query: &WsQuery) -> Option<WsAnswer> {
+        None
+    }
+
+    /// A Mesa dispatch delivered here already (`recipients` with exclusions applied,
+    /// or `["*"]`) for the other nodes and Mesa servers, keeping (`sync`) what no
+    /// session anywhere can take.
+    fn mesa_dispatch(&self, _container: &str, _text: &str, _recipients: &[String], _sync: bool) {}
+
+    /// Whether other nodes exist (then sync keeping and session lookups go through it).
+    fn is_clustered(&self) -> bool {
+        false
+    }
+}
+
+/// A change of one local session that the cluster records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PresenceChange {
+    /// The session opened.
+    Opened {
+        /// Session id.
+        session: String,
+    },
+    /// The session closed, leaving these groups and this client id.
+    Closed {
+        /// Session id.
+        session: String,
+        /// The groups it was in.
+        groups: Vec<String>,
+        /// The client id it had bound, if any.
+        client: Option<String>,
+    },
+    /// The session joined a group.
+    Joined {
+        /// Group name.
+        group: String,
+        /// Session id.
+        session: String,
+    },
+    /// The session left a group.
+    Left {
+        /// Group name.
+        group: String,
+        /// Session id.
+        session: String,
+    },
+    /// The session bound a client id (replacing `previous`).
+    Bound {
+        /// Session id.
+        session: String,
+        /// The client id bound.
+        client: String,
+        /// The client id it had before, if any.
+        previous: Option<String>,
+    },
+}
+
+/// What the cluster refreshes for one local session.
+#[derive(Debug, Clone)]
+pub struct SessionPresence {
+    /// Its container.
+    pub container: String,
+    /// Its id.
+    pub session: String,
+    /// Its groups.
+    pub groups: Vec<String>,
+    /// Its bound client id, if any.
+    pub client: Option<String>,
 }
 
 /// The single-node backplane.
@@ -227,10 +306,13 @@ impl Hub {
                 .insert(id.clone(), session.clone());
         }
         st.by_container
-            .entry(container)
+            .entry(container.clone())
             .or_default()
             .insert(id.clone(), session.clone());
-        st.sessions.insert(id, session);
+        st.sessions.insert(id.clone(), session);
+        drop(st);
+        self.backplane
+            .presence(&container, PresenceChange::Opened { session: id });
     }
 
     /// Removes a closed session from everything, its groups included.
@@ -247,7 +329,8 @@ impl Hub {
                 }
             }
         }
-        if let Some(client) = session.bound_client_id() {
+        let client = session.bound_client_id();
+        if let Some(client) = client.clone() {
             let key = (session.container.clone(), client);
             if let Some(ids) = st.clients.get_mut(&key) {
                 ids.remove(id);
@@ -256,8 +339,9 @@ impl Hub {
                 }
             }
         }
-        for group in session.take_groups() {
-            let key = (session.container.clone(), group);
+        let groups = session.take_groups();
+        for group in &groups {
+            let key = (session.container.clone(), group.clone());
             if let Some(members) = st.groups.get_mut(&key) {
                 members.remove(id);
                 if members.is_empty() {
@@ -265,6 +349,15 @@ impl Hub {
                 }
             }
         }
+        drop(guard);
+        self.backplane.presence(
+            &session.container,
+            PresenceChange::Closed {
+                session: id.clone(),
+                groups,
+                client,
+            },
+        );
     }
 
     /// Queues `frame` for `session`; a session that cannot take it is closed 1008.
@@ -314,8 +407,73 @@ impl Hub {
         }
     }
 
-    /// Applies one WebSocket operation of `container`'s code.
+    /// Applies one WebSocket operation of `container`'s code: to this node's sessions,
+    /// and through the backplane to the other nodes' (SPEC 8).
     pub fn apply(&self, container: &str, op: WsOp) {
+        if !self.backplane.is_clustered() {
+            return self.apply_local(container, op);
+        }
+        match &op {
+            WsOp::Reply { session, .. }
+            | WsOp::Send { session, .. }
+            | WsOp::Close { session, .. }
+            | WsOp::AddToGroup { session, .. }
+            | WsOp::RemoveFromGroup { session, .. }
+            | WsOp::SetClientId { session, .. } => {
+                if self.session_of(container, session).is_none() {
+                    // Another node's session: its node applies it.
+                    self.backplane.publish_op(container, &op);
+                    return;
+                }
+            }
+            WsOp::SendToGroup { .. } | WsOp::SendToAll { .. } => {
+                self.backplane.publish_op(container, &op);
+            }
+            WsOp::DispatchToClients {
+                text,
+                recipients,
+                excluding,
+                sync,
+            } => {
+                let everyone = recipients.iter().any(|r| r == "*");
+                let targets: Vec<String> = if everyone {
+                    vec!["*".to_string()]
+                } else {
+                    recipients
+                        .iter()
+                        .filter(|r| !excluding.contains(r))
+                        .cloned()
+                        .collect()
+                };
+                self.mesa_local(container, text, &targets, false);
+                self.backplane
+                    .mesa_dispatch(container, text, &targets, *sync);
+                return;
+            }
+        }
+        self.apply_local(container, op);
+    }
+
+    /// Applies an operation another node published to this node's sessions.
+    pub fn apply_remote(&self, container: &str, op: WsOp) {
+        self.apply_local(container, op);
+    }
+
+    /// A Mesa message to this node's sessions of `container`: `op 5`
+    /// `DISCONNECT_CLIENT` closes the recipients' sessions with 1000.
+    fn mesa_local(&self, container: &str, text: &str, recipients: &[String], sync: bool) {
+        let disconnect = text.starts_with("{\"op\":5")
+            && serde_json::from_str::<serde_json::Value>(text)
+                .is_ok_and(|m| crate::cluster::mesa::is_disconnect(&m));
+        if disconnect {
+            self.disconnect_clients(container, recipients);
+        } else {
+            self.dispatch_to_clients(container, &text_frame(text), recipients, &[], sync);
+        }
+    }
+
+    /// Applies one WebSocket operation to this node's sessions only.
+    fn apply_local(&self, container: &str, op: WsOp) {
         match op {
             WsOp::Reply {
                 session,
@@ -379,14 +537,23 @@ impl Hub {
                     s.join_group(&group);
                     self.write()
                         .groups
-                        .entry((container.to_string(), group))
+                        .entry((container.to_string(), group.clone()))
                         .or_default()
-                        .insert(session);
+                        .insert(session.clone());
+                    self.backplane
+                        .presence(container, PresenceChange::Joined { group, session });
                 }
             }
             WsOp::RemoveFromGroup { group, session } => {
                 if let Some(s) = self.session_of(container, &session) {
                     s.leave_group(&group);
+                    self.backplane.presence(
+                        container,
+                        PresenceChange::Left {
+                            group: group.clone(),
+                            session: session.clone(),
+                        },
+                    );
                 }
                 let mut st = self.write();
                 let key = (container.to_string(), group);
@@ -415,13 +582,11 @@ impl Hub {
                 excluding,
                 sync,
             } => {
-                self.dispatch_to_clients(
-                    container,
-                    &text_frame(&text),
-                    &recipients,
-                    &excluding,
-                    sync,
-                );
+                let targets: Vec<String> = recipients
+                    .into_iter()
+                    .filter(|r| r == "*" || !excluding.contains(r))
+                    .collect();
+                self.mesa_local(container, &text, &targets, sync);
             }
         }
     }
@@ -432,9 +597,10 @@ impl Hub {
         let Some(s) = self.session_of(container, session) else {
             return;
         };
+        let previous = s.bound_client_id();
         let kept = {
             let mut st = self.write();
-            if let Some(old) = s.bound_client_id() {
+            if let Some(old) = previous.clone() {
                 if let Some(ids) = st.clients.get_mut(&(container.to_string(), old)) {
                     ids.remove(session);
                 }
@@ -450,6 +616,76 @@ impl Hub {
         for frame in &kept {
             self.deliver(&s, frame);
         }
+        self.backplane.presence(
+            container,
+            PresenceChange::Bound {
+                session: session.to_string(),
+                client: client_id,
+                previous,
+            },
+        );
+    }
+
+    /// Closes with 1000 the sessions of `container` holding one of `clients` (`*`:
+    /// all): Mesa's `DISCONNECT_CLIENT`.
+    pub fn disconnect_clients(&self, container: &str, clients: &[String]) {
+        for s in self.client_sessions(container, clients) {
+            s.close(close::NORMAL, "");
+        }
+    }
+
+    /// A Mesa message (`{"op","d","t"}` text) to this node's sessions of `container`
+    /// whose client id is in `clients` (`*`: all).
+    pub fn deliver_to_clients(&self, container: &str, text: &str, clients: &[String]) {
+        let frame = text_frame(text);
+        for s in self.client_sessions(container, clients) {
+            self.deliver(&s, &frame);
+        }
+    }
+
+    /// The sessions of `container` holding one of `clients` (`*`: all of them); a
+    /// session without a bound client id holds its own id.
+    fn client_sessions(&self, container: &str, clients: &[String]) -> Vec<Arc<SessionHandle>> {
+        let st = self.read();
+        let Some(all) = st.by_container.get(container) else {
+            return Vec::new();
+        };
+        if clients.iter().any(|c| c == "*") {
+            return all.values().cloned().collect();
+        }
+        all.values()
+            .filter(|s| {
+                let id = s.bound_client_id().unwrap_or_else(|| s.info.id.clone());
+                clients.contains(&id)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// One text frame to one local session of `container` (Mesa's kept messages).
+    pub fn send_text(&self, container: &str, session: &str, text: &str) {
+        if let Some(s) = self.session_of(container, session) {
+            self.deliver(&s, &text_frame(text));
+        }
+    }
+
+    /// Every local session with its groups and client id, for the cluster to refresh.
+    pub fn presence_snapshot(&self) -> Vec<SessionPresence> {
+        self.read()
+            .sessions
+            .values()
+            .map(|s| SessionPresence {
+                container: s.container.clone(),
+                session: s.info.id.clone(),
+                groups: s.groups(),
+                client: s.bound_client_id(),
+            })
+            .collect()
+    }
+
+    /// The containers with sessions on this node.
+    pub fn local_containers(&self) -> Vec<String> {
+        self.read().by_container.keys().cloned().collect()
     }
 
     /// Mesa's dispatch: `frame` to every session of `container` whose client id is in
@@ -513,6 +749,13 @@ impl Hub {
 
     /// Answers a question of `container`'s code.
     pub fn query(&self, container: &str, query: WsQuery) -> WsAnswer {
+        let local_session = matches!(&query, WsQuery::SessionExists(id)
+            if self.session_of(container, id).is_some());
+        if !local_session {
+            if let Some(answer) = self.backplane.query(container, &query) {
+                return answer;
+            }
+        }
         let st = self.read();
         let members = |group: String| st.groups.get(&(container.to_string(), group));
         match query {

@@ -102,15 +102,17 @@ pub struct Mcm {
 }
 
 impl Mcm {
-    /// The MCM state kept under `config.data`; reads the images already there.
-    pub fn open(config: &Config, registry: Arc<Registry>, node: NodeFacts) -> Self {
+    /// The MCM state kept under `config.data`; reads the images already there. In a
+    /// cluster, changes are recorded in its Redis too.
+    pub fn open(
+        config: &Config,
+        registry: Arc<Registry>,
+        node: NodeFacts,
+        cluster: Option<&Arc<crate::cluster::Cluster>>,
+    ) -> Self {
         let images = images::ImageStore::open(&config.data);
-        let deploys = config.cluster.as_deref().and_then(|url| {
-            crate::cluster::deploys::Deploys::new(url, &node.node_id)
-                .inspect_err(|e| tracing::error!("--cluster: {e}; deploys stay on this node"))
-                .ok()
-                .map(Arc::new)
-        });
+        let deploys =
+            cluster.map(|c| Arc::new(crate::cluster::deploys::Deploys::new(c.clone())));
         Self {
             data: config.data.clone(),
             registry,
@@ -212,6 +214,9 @@ pub fn metrics(state: &HostState, peer: SocketAddr) -> Response<Body> {
     }
     let mut text = state.metrics.render(state.registry.list().len());
     text.push_str(&state.hub.render_metrics());
+    if let Some(cluster) = &state.cluster {
+        text.push_str(&cluster.render_metrics());
+    }
     let mut resp = Response::new(crate::http::full(text));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
