@@ -274,14 +274,20 @@ async fn every_delivery_kind_reaches_every_node_exactly_once_in_order() {
     let add = json!({ "calls": [["addToGroup", ["g", ida]], ["addToGroup", ["g", idb]], ["addToGroup", ["g", idc]]] });
     room(&hosts[1], add).await;
     for host in &hosts {
-        assert!(group_size_becomes(host, "g", 3, WAIT).await, "group g is not 3 everywhere");
+        assert!(
+            group_size_becomes(host, "g", 3, WAIT).await,
+            "group g is not 3 everywhere"
+        );
     }
     let members = call(&hosts[2], "getGroupMembers", json!(["g"])).await;
     let mut want: Vec<&String> = vec![&ida, &idb, &idc];
     want.sort();
     assert_eq!(members, json!(want));
     // A session on another node exists for send (send returns true).
-    assert_eq!(call(&hosts[0], "send", json!([idc, "hello c"])).await, json!(true));
+    assert_eq!(
+        call(&hosts[0], "send", json!([idc, "hello c"])).await,
+        json!(true)
+    );
     assert_eq!(text(&mut c).await, "hello c");
 
     // One invocation on n1 mixes every kind; each session sees its share once, in order.
@@ -327,17 +333,32 @@ async fn every_delivery_kind_reaches_every_node_exactly_once_in_order() {
     assert_eq!(texts_until(&mut y, &last).await, want);
 
     // close() of another node's session; a closed session leaves its groups everywhere.
-    room(&hosts[0], json!({ "calls": [["close", [idc, 4001, "bye"]]] })).await;
+    room(
+        &hosts[0],
+        json!({ "calls": [["close", [idc, 4001, "bye"]]] }),
+    )
+    .await;
     assert_eq!(close_code(&mut c).await, 4001);
     for host in &hosts {
-        assert!(group_size_becomes(host, "g", 2, WAIT).await, "c did not leave g");
+        assert!(
+            group_size_becomes(host, "g", 2, WAIT).await,
+            "c did not leave g"
+        );
     }
     // removeFromGroup of another node's session.
-    room(&hosts[2], json!({ "calls": [["removeFromGroup", ["g", idb]]] })).await;
+    room(
+        &hosts[2],
+        json!({ "calls": [["removeFromGroup", ["g", idb]]] }),
+    )
+    .await;
     assert!(group_size_becomes(&hosts[0], "g", 1, WAIT).await);
     let metrics = hosts[0].get("/metrics").await.body;
     assert!(metrics.contains("mimhost_cluster_redis_up 1"), "{metrics}");
-    let _ = (a.close(None).await, b.close(None).await, d.close(None).await);
+    let _ = (
+        a.close(None).await,
+        b.close(None).await,
+        d.close(None).await,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -359,7 +380,11 @@ async fn a_killed_node_leaves_no_ghosts_after_10_s() {
         (redis.members("connected_clients_room") == want).then_some(())
     })
     .await;
-    assert!(connected.is_some(), "{:?}", redis.members("connected_clients_room"));
+    assert!(
+        connected.is_some(),
+        "{:?}",
+        redis.members("connected_clients_room")
+    );
 
     hosts[2].kill9();
     let killed = Instant::now();
@@ -367,24 +392,43 @@ async fn a_killed_node_leaves_no_ghosts_after_10_s() {
         group_size_becomes(&hosts[1], "g", 1, Duration::from_secs(10)).await,
         "n2's members still counted 10 s after kill -9"
     );
-    let clean = poll_until(Duration::from_secs(10).saturating_sub(killed.elapsed()), || async {
-        (redis.members("connected_clients_room") == BTreeSet::from(["amy".to_string()]))
-            .then_some(())
-    })
+    let clean = poll_until(
+        Duration::from_secs(10).saturating_sub(killed.elapsed()),
+        || async {
+            (redis.members("connected_clients_room") == BTreeSet::from(["amy".to_string()]))
+                .then_some(())
+        },
+    )
     .await;
-    assert!(clean.is_some(), "ghost client ids: {:?}", redis.members("connected_clients_room"));
-    assert_eq!(call(&hosts[0], "getGroupMembers", json!(["g"])).await, json!([ida]));
-    assert_eq!(call(&hosts[1], "send", json!([idc, "x"])).await, json!(false));
+    assert!(
+        clean.is_some(),
+        "ghost client ids: {:?}",
+        redis.members("connected_clients_room")
+    );
+    assert_eq!(
+        call(&hosts[0], "getGroupMembers", json!(["g"])).await,
+        json!([ida])
+    );
+    assert_eq!(
+        call(&hosts[1], "send", json!([idc, "x"])).await,
+        json!(false)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_redis_keeps_local_delivery_and_recovers_without_duplicates() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(mut redis) = Redis::start() else { return };
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
     let (_mims, hosts) = nodes(&redis, 2).await;
     let (mut a, ida) = session(&hosts[0]).await;
     let (mut b, idb) = session(&hosts[1]).await;
-    room(&hosts[0], json!({ "calls": [["addToGroup", ["g", ida]], ["addToGroup", ["g", idb]]] })).await;
+    room(
+        &hosts[0],
+        json!({ "calls": [["addToGroup", ["g", ida]], ["addToGroup", ["g", idb]]] }),
+    )
+    .await;
     assert!(group_size_becomes(&hosts[0], "g", 2, WAIT).await);
 
     // Traffic from n0 the whole time: numbered sendToAll every 20 ms.
@@ -413,7 +457,10 @@ async fn losing_redis_keeps_local_delivery_and_recovers_without_duplicates() {
     }
     traffic.await.expect("traffic task");
     // Re-registered: the group is whole again in the new (empty) Redis.
-    assert!(group_size_becomes(&hosts[1], "g", 2, WAIT).await, "groups not re-registered");
+    assert!(
+        group_size_becomes(&hosts[1], "g", 2, WAIT).await,
+        "groups not re-registered"
+    );
     room(&hosts[0], json!({ "calls": [["sendToAll", ["end"]]] })).await;
 
     let numbered = |frames: Vec<String>| -> Vec<u32> {
@@ -430,7 +477,10 @@ async fn losing_redis_keeps_local_delivery_and_recovers_without_duplicates() {
     // before the loss and after the return present.
     assert!(remote.windows(2).all(|w| w[0] < w[1]), "{remote:?}");
     assert!(remote.contains(&0) && remote.contains(&249), "{remote:?}");
-    assert!(remote.len() < 250, "nothing was lost while Redis was down? {remote:?}");
+    assert!(
+        remote.len() < 250,
+        "nothing was lost while Redis was down? {remote:?}"
+    );
     let log = hosts[0].stderr();
     assert_eq!(log.matches("lost Redis").count(), 1, "{log}");
 }
@@ -446,7 +496,11 @@ async fn mesa_dispatch_reaches_client_ids_on_every_node_with_and_without_sync() 
     // alice on two nodes (two tabs), bob on a third.
     room(&hosts[0], json!({ "calls": [["setClientId", [ida, "alice"]], ["setClientId", [idc, "alice"]], ["setClientId", [idb, "bob"]]] })).await;
     let want: BTreeSet<String> = ["alice", "bob"].map(String::from).into();
-    assert!(poll_until(WAIT, || async { (redis.members("connected_clients_room") == want).then_some(()) }).await.is_some());
+    assert!(poll_until(WAIT, || async {
+        (redis.members("connected_clients_room") == want).then_some(())
+    })
+    .await
+    .is_some());
 
     // mimhost's Dispatcher on n1: exclusions applied, '*' reaches everyone, once each.
     let mesa = json!({ "mesa": [
@@ -474,30 +528,61 @@ async fn mesa_dispatch_reaches_client_ids_on_every_node_with_and_without_sync() 
     .await
     .expect("kept in undelivered_messages_room");
     let stored: Value = serde_json::from_str(&stored).expect("Mesa's JSON array");
-    assert_eq!(stored, json!([{"op":0,"d":"k1","t":"T"},{"op":0,"d":"k2","t":"T"}]));
+    assert_eq!(
+        stored,
+        json!([{"op":0,"d":"k1","t":"T"},{"op":0,"d":"k2","t":"T"}])
+    );
     let (mut e, ide) = session(&hosts[2]).await;
-    room(&hosts[1], json!({ "calls": [["setClientId", [ide, "carol"]]] })).await;
+    room(
+        &hosts[1],
+        json!({ "calls": [["setClientId", [ide, "carol"]]] }),
+    )
+    .await;
     assert_eq!(text(&mut e).await, frame(0, json!("k1")));
     assert_eq!(text(&mut e).await, frame(0, json!("k2")));
     assert!(poll_until(WAIT, || async {
-        redis.cli(&["HEXISTS", "undelivered_messages_room", "carol"]).eq("0").then_some(())
-    }).await.is_some());
+        redis
+            .cli(&["HEXISTS", "undelivered_messages_room", "carol"])
+            .eq("0")
+            .then_some(())
+    })
+    .await
+    .is_some());
 
     // The real @cryb/mesa Dispatcher from Node, with and without sync.
     let Some(node_dir) = mesa_peer() else { return };
-    mesa_dispatch(&node_dir, &redis, false, json!([{ "to": ["alice"], "op": 0, "d": "node", "t": "T" }]));
+    mesa_dispatch(
+        &node_dir,
+        &redis,
+        false,
+        json!([{ "to": ["alice"], "op": 0, "d": "node", "t": "T" }]),
+    );
     assert_eq!(text(&mut a).await, frame(0, json!("node")));
     assert_eq!(text(&mut c).await, frame(0, json!("node")));
-    mesa_dispatch(&node_dir, &redis, true, json!([
-        { "to": ["dave"], "op": 0, "d": "later", "t": "T" },
-        { "to": ["bob"], "op": 0, "d": "now", "t": "T" }
-    ]));
+    mesa_dispatch(
+        &node_dir,
+        &redis,
+        true,
+        json!([
+            { "to": ["dave"], "op": 0, "d": "later", "t": "T" },
+            { "to": ["bob"], "op": 0, "d": "now", "t": "T" }
+        ]),
+    );
     assert_eq!(text(&mut b).await, frame(0, json!("now")));
     let (mut g, idg) = session(&hosts[0]).await;
-    room(&hosts[0], json!({ "calls": [["setClientId", [idg, "dave"]]] })).await;
+    room(
+        &hosts[0],
+        json!({ "calls": [["setClientId", [idg, "dave"]]] }),
+    )
+    .await;
     assert_eq!(text(&mut g).await, frame(0, json!("later")));
     // Mesa's DISCONNECT_CLIENT closes every session of that id with 1000.
-    mesa_dispatch(&node_dir, &redis, false, json!([{ "disconnect": ["alice"] }]));
+    mesa_dispatch(
+        &node_dir,
+        &redis,
+        false,
+        json!([{ "disconnect": ["alice"] }]),
+    );
     assert_eq!(close_code(&mut a).await, 1000);
     assert_eq!(close_code(&mut c).await, 1000);
     // Closing both of alice's sessions takes her out of Mesa's set; bob stays.
@@ -506,7 +591,11 @@ async fn mesa_dispatch_reaches_client_ids_on_every_node_with_and_without_sync() 
         (!m.contains("alice") && m.contains("bob")).then_some(())
     })
     .await;
-    assert!(left.is_some(), "{:?}", redis.members("connected_clients_room"));
+    assert!(
+        left.is_some(),
+        "{:?}",
+        redis.members("connected_clients_room")
+    );
 }
 
 /// tests/cluster with `@cryb/mesa` installed (`npm ci` there), or None (skip).
@@ -521,7 +610,10 @@ fn mesa_peer() -> Option<PathBuf> {
             .current_dir(&dir)
             .status()
             .is_ok_and(|s| s.success());
-        assert!(ok || std::env::var("CI").as_deref() != Ok("true"), "npm ci in tests/cluster failed");
+        assert!(
+            ok || std::env::var("CI").as_deref() != Ok("true"),
+            "npm ci in tests/cluster failed"
+        );
         if !ok {
             eprintln!("skipped: npm ci in tests/cluster failed");
             return None;
@@ -541,13 +633,19 @@ fn mesa_dispatch(dir: &Path, redis: &Redis, sync: bool, steps: Value) {
         .current_dir(dir)
         .output()
         .expect("run node");
-    assert!(out.status.success(), "dispatch.js: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "dispatch.js: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_started_while_redis_is_down_serves_locally_and_joins_later() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let Some(mut redis) = Redis::start() else { return };
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
     redis.down();
     let mims = Mims::new()
         .with("room/index.js", ROOM)
@@ -555,9 +653,16 @@ async fn a_node_started_while_redis_is_down_serves_locally_and_joins_later() {
     let host = node(&mims.path(), &redis, "n0").await;
     host.wait_for_log("serving locally", WAIT).await;
     let (mut a, ida) = session(&host).await;
-    assert_eq!(call(&host, "send", json!([ida, "local"])).await, json!(true));
+    assert_eq!(
+        call(&host, "send", json!([ida, "local"])).await,
+        json!(true)
+    );
     assert_eq!(text(&mut a).await, "local");
-    assert!(host.get("/metrics").await.body.contains("mimhost_cluster_redis_up 0"));
+    assert!(host
+        .get("/metrics")
+        .await
+        .body
+        .contains("mimhost_cluster_redis_up 0"));
     room(&host, json!({ "calls": [["addToGroup", ["g", ida]]] })).await;
     redis.up();
     host.wait_for_log("joined the cluster", WAIT).await;

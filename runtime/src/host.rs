@@ -99,9 +99,6 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     };
     let hub = Arc::new(Hub::new(&node.node_id, backplane));
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));
-    if let Some(c) = &cluster {
-        c.start(&hub, namespace_of(&registry));
-    }
     let seen = mims_dir::load_all(&registry, &config.mims, &node).await;
     if config.watch {
         tokio::spawn(mims_dir::watch(
@@ -118,6 +115,9 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         cluster.as_ref(),
     ));
     mcm.restore().await;
+    if let Some(c) = &cluster {
+        c.start(&hub, Box::new(Containers(Arc::downgrade(&registry))));
+    }
     if let Some(deploys) = mcm.deploys().cloned() {
         // Catch up with the cluster's deploys before the port opens.
         deploys.poll_once(&mcm).await;
@@ -155,17 +155,25 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     Ok(())
 }
 
-/// How the cluster finds a container's Mesa namespace (SPEC 6): its env
-/// `MESA_NAMESPACE`, else its name.
-fn namespace_of(registry: &Arc<Registry>) -> crate::cluster::NamespaceOf {
-    let registry = Arc::downgrade(registry);
-    Box::new(move |container: &str| {
-        registry
+/// The registry as the cluster sees it: the containers whose channels this node
+/// hears, and each one's Mesa namespace (SPEC 6: env `MESA_NAMESPACE`, else its name).
+struct Containers(std::sync::Weak<Registry>);
+
+impl crate::cluster::Directory for Containers {
+    fn containers(&self) -> Vec<String> {
+        self.0
+            .upgrade()
+            .map(|r| r.list().iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn namespace(&self, container: &str) -> String {
+        self.0
             .upgrade()
             .and_then(|r| r.get(container))
             .and_then(|c| c.supervisor.spec().env.get("MESA_NAMESPACE").cloned())
             .unwrap_or_else(|| container.to_string())
-    })
+    }
 }
 
 /// The MCM token: the configured one, else the one kept in `<data>/mcm-token`

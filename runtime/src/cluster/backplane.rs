@@ -22,11 +22,13 @@ pub enum Remote {
     Op(WsOp),
 }
 
-/// The message on a container's channel.
+/// The message on a container's or a node's channel.
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     /// The node that published it.
     node: String,
+    /// The container whose sessions it is for.
+    container: String,
     /// What to do.
     remote: Remote,
 }
@@ -41,14 +43,17 @@ pub enum Inbound {
 }
 
 impl Cluster {
-    fn publish_remote(&self, container: &str, remote: Remote) {
+    /// Publishes `remote` on `channel` (a container's, or the node's that holds the
+    /// session it addresses).
+    fn publish_remote(&self, channel: String, container: &str, remote: Remote) {
         let envelope = Envelope {
             node: self.node_id.clone(),
+            container: container.to_string(),
             remote,
         };
         match serde_json::to_vec(&envelope) {
             Ok(payload) => {
-                self.publish(keys::container_channel(container), payload);
+                self.publish(channel, payload);
             }
             Err(e) => tracing::warn!(container, "cluster message not encodable: {e}"),
         }
@@ -69,15 +74,16 @@ impl Cluster {
     }
 }
 
-/// A message that arrived on a container's channel.
-pub(super) fn receive(cluster: &Cluster, container: &str, payload: &[u8]) {
+/// A message that arrived on a container's or this node's channel.
+pub(super) fn receive(cluster: &Cluster, payload: &[u8]) {
     let envelope: Envelope = match serde_json::from_slice(payload) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(container, "unreadable cluster message ignored: {e}");
+            tracing::warn!("unreadable cluster message ignored: {e}");
             return;
         }
     };
+    let container = envelope.container.as_str();
     if envelope.node == cluster.node_id {
         cluster.stats.echoes.fetch_add(1, Ordering::Relaxed);
         return;
@@ -114,12 +120,28 @@ pub struct ClusterBackplane(pub Arc<Cluster>);
 
 impl Backplane for ClusterBackplane {
     fn publish_dispatch(&self, container: &str, frames: &[String]) {
-        self.0
-            .publish_remote(container, Remote::Dispatch(frames.to_vec()));
+        self.0.publish_remote(
+            keys::container_channel(container),
+            container,
+            Remote::Dispatch(frames.to_vec()),
+        );
     }
 
     fn publish_op(&self, container: &str, op: &WsOp) {
-        self.0.publish_remote(container, Remote::Op(op.clone()));
+        // An operation on one session goes to the node its id names; the rest to
+        // every node serving the container.
+        let channel = match op {
+            WsOp::Reply { session, .. }
+            | WsOp::Send { session, .. }
+            | WsOp::Close { session, .. }
+            | WsOp::AddToGroup { session, .. }
+            | WsOp::RemoveFromGroup { session, .. }
+            | WsOp::SetClientId { session, .. } => crate::hub::node_of_session(session)
+                .map_or_else(|| keys::container_channel(container), keys::node_channel),
+            _ => keys::container_channel(container),
+        };
+        self.0
+            .publish_remote(channel, container, Remote::Op(op.clone()));
     }
 
     fn presence(&self, container: &str, change: PresenceChange) {

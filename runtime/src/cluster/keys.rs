@@ -11,14 +11,15 @@ pub fn container_channel(container: &str) -> String {
     format!("{CONTAINER_CHANNEL_PREFIX}{container}")
 }
 
-/// The pattern a node subscribes to for every container's deliveries.
-pub fn container_pattern() -> String {
-    format!("{CONTAINER_CHANNEL_PREFIX}*")
+/// The channel carrying operations on one node's sessions (`send`, `close`, replies…
+/// addressed to a session id that carries that node's id).
+pub fn node_channel(node: &str) -> String {
+    format!("mimhost:n:{node}")
 }
 
-/// The container a delivery channel belongs to, if `channel` is one.
-pub fn container_of_channel(channel: &str) -> Option<&str> {
-    channel.strip_prefix(CONTAINER_CHANNEL_PREFIX)
+/// Whether `channel` carries mimhost's own deliveries (a container's or a node's).
+pub fn is_delivery_channel(channel: &str) -> bool {
+    channel.starts_with(CONTAINER_CHANNEL_PREFIX) || channel.starts_with("mimhost:n:")
 }
 
 /// Mesa's name for `prefix` in `namespace`: `prefix` alone for the default (empty)
@@ -34,11 +35,6 @@ pub fn mesa_name(prefix: &str, namespace: &str) -> String {
 /// Mesa's pub/sub channel of a namespace (`ws` or `ws_<namespace>`).
 pub fn mesa_channel(namespace: &str) -> String {
     mesa_name("ws", namespace)
-}
-
-/// The pattern matching every named namespace's Mesa channel (`ws_*`).
-pub fn mesa_pattern() -> &'static str {
-    "ws_*"
 }
 
 /// The namespace a Mesa channel belongs to (`ws` → "", `ws_x` → "x").

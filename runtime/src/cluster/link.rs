@@ -7,6 +7,7 @@ use super::{backplane, keys, lock, Cluster};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use std::sync::atomic::Ordering;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ const FIRST_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 /// How often the subscriber connection and the command connection are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How often the subscriptions follow the containers this node runs.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
 /// Keeps this node subscribed for as long as the host runs.
 pub(super) async fn supervise(cluster: Arc<Cluster>) {
@@ -50,23 +53,17 @@ pub(super) async fn supervise(cluster: Arc<Cluster>) {
     }
 }
 
-/// A subscribed connection and how many listener channels it covers.
-async fn connect(cluster: &Cluster) -> redis::RedisResult<(PubSubSink, PubSubStream, usize)> {
+/// A subscribed connection and the channels it hears.
+async fn connect(
+    cluster: &Cluster,
+) -> redis::RedisResult<(PubSubSink, PubSubStream, BTreeSet<String>)> {
     let timeout = |e| redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, e));
     let pubsub = tokio::time::timeout(Duration::from_secs(2), cluster.client.get_async_pubsub())
         .await
         .map_err(|_| timeout("connecting timed out"))??;
     let (mut sink, stream) = pubsub.split();
-    sink.psubscribe(keys::container_pattern()).await?;
-    sink.subscribe(keys::mesa_channel("")).await?;
-    sink.psubscribe(keys::mesa_pattern()).await?;
-    let channels: Vec<String> = lock(&cluster.listeners)
-        .iter()
-        .map(|l| l.channel.clone())
-        .collect();
-    for channel in &channels {
-        sink.subscribe(channel).await?;
-    }
+    let mut heard = BTreeSet::new();
+    follow(cluster, &mut sink, &mut heard).await?;
     // The command connection must answer too before the node counts as up.
     let mut commands = cluster.commands();
     tokio::time::timeout(
@@ -75,13 +72,40 @@ async fn connect(cluster: &Cluster) -> redis::RedisResult<(PubSubSink, PubSubStr
     )
     .await
     .map_err(|_| timeout("PING timed out"))??;
-    Ok((sink, stream, channels.len()))
+    Ok((sink, stream, heard))
+}
+
+/// Subscribes to the channels the node wants now and leaves those it no longer does
+/// (a container deployed or deleted, a listener added).
+async fn follow(
+    cluster: &Cluster,
+    sink: &mut PubSubSink,
+    heard: &mut BTreeSet<String>,
+) -> redis::RedisResult<()> {
+    let wanted = cluster.wanted_channels();
+    let new: Vec<String> = wanted.difference(heard).cloned().collect();
+    if !new.is_empty() {
+        sink.subscribe(&new).await?;
+    }
+    let gone: Vec<String> = heard.difference(&wanted).cloned().collect();
+    if !gone.is_empty() {
+        sink.unsubscribe(&gone).await?;
+    }
+    *heard = wanted;
+    Ok(())
 }
 
 /// Reads until the connection is lost.
-async fn read(cluster: &Cluster, mut sink: PubSubSink, mut stream: PubSubStream, mut heard: usize) {
+async fn read(
+    cluster: &Cluster,
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+    mut heard: BTreeSet<String>,
+) {
     let mut probe = tokio::time::interval(PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resync = tokio::time::interval(FOLLOW_EVERY);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = stream.next() => {
@@ -89,16 +113,13 @@ async fn read(cluster: &Cluster, mut sink: PubSubSink, mut stream: PubSubStream,
                 route(cluster, &msg);
             }
             _ = cluster.listeners_changed.notified() => {
-                let channels: Vec<String> = lock(&cluster.listeners)
-                    .iter()
-                    .skip(heard)
-                    .map(|l| l.channel.clone())
-                    .collect();
-                for channel in channels {
-                    if sink.subscribe(&channel).await.is_err() {
-                        return;
-                    }
-                    heard += 1;
+                if follow(cluster, &mut sink, &mut heard).await.is_err() {
+                    return;
+                }
+            }
+            _ = resync.tick() => {
+                if follow(cluster, &mut sink, &mut heard).await.is_err() {
+                    return;
                 }
             }
             _ = probe.tick() => {
@@ -106,7 +127,7 @@ async fn read(cluster: &Cluster, mut sink: PubSubSink, mut stream: PubSubStream,
                 // must answer within the probe window.
                 let mut commands = cluster.commands();
                 let ok = tokio::time::timeout(PROBE_EVERY * 2, async {
-                    sink.ping::<String>().await.is_ok()
+                    sink.ping::<redis::Value>().await.is_ok()
                         && redis::cmd("PING").query_async::<String>(&mut commands).await.is_ok()
                 })
                 .await
@@ -123,8 +144,8 @@ async fn read(cluster: &Cluster, mut sink: PubSubSink, mut stream: PubSubStream,
 fn route(cluster: &Cluster, msg: &redis::Msg) {
     let channel = msg.get_channel_name();
     let payload = msg.get_payload_bytes();
-    if let Some(container) = keys::container_of_channel(channel) {
-        backplane::receive(cluster, container, payload);
+    if keys::is_delivery_channel(channel) {
+        backplane::receive(cluster, payload);
     } else if let Some(namespace) = keys::namespace_of_mesa_channel(channel) {
         super::mesa::receive(cluster, namespace, payload);
     } else {

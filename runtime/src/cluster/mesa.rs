@@ -114,7 +114,10 @@ pub(super) fn deliver_kept(hub: &Hub, container: &str, session: &str, kept: &str
                 hub.send_text(container, session, &m.to_string());
             }
         }
-        Err(e) => tracing::warn!(container, "unreadable undelivered Mesa messages dropped: {e}"),
+        Err(e) => tracing::warn!(
+            container,
+            "unreadable undelivered Mesa messages dropped: {e}"
+        ),
     }
 }
 

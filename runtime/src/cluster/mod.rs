@@ -82,12 +82,19 @@ pub struct Cluster {
     listeners: Mutex<Vec<Listener>>,
     listeners_changed: Notify,
     hub: OnceLock<Weak<Hub>>,
-    namespace_of: OnceLock<NamespaceOf>,
+    directory: OnceLock<Box<dyn Directory>>,
     inbound: Mutex<HashMap<String, mpsc::Sender<backplane::Inbound>>>,
 }
 
-/// How a container's Mesa namespace is found (its env `MESA_NAMESPACE`, else its name).
-pub type NamespaceOf = Box<dyn Fn(&str) -> String + Send + Sync>;
+/// What the cluster needs to know of this node's containers: which there are (their
+/// channels are subscribed) and each one's Mesa namespace (its env `MESA_NAMESPACE`,
+/// else its name).
+pub trait Directory: Send + Sync + 'static {
+    /// The containers this node runs.
+    fn containers(&self) -> Vec<String>;
+    /// The Mesa namespace of `container`.
+    fn namespace(&self, container: &str) -> String;
+}
 
 impl Cluster {
     /// A handle for node `node_id` on the Redis at `url`. Nothing is connected yet and
@@ -117,16 +124,18 @@ impl Cluster {
             listeners: Mutex::default(),
             listeners_changed: Notify::new(),
             hub: OnceLock::new(),
-            namespace_of: OnceLock::new(),
+            directory: OnceLock::new(),
             inbound: Mutex::default(),
         }))
     }
 
     /// Connects this node's hub and starts the subscriber, the job runner and the
-    /// presence refresher. Call once, from inside the runtime.
-    pub fn start(self: &Arc<Self>, hub: &Arc<Hub>, namespace_of: NamespaceOf) {
+    /// presence refresher. Call once, from inside the runtime, once the containers
+    /// present at start are loaded (their channels are subscribed before the node
+    /// counts as joined).
+    pub fn start(self: &Arc<Self>, hub: &Arc<Hub>, directory: Box<dyn Directory>) {
         let _ = self.hub.set(Arc::downgrade(hub));
-        let _ = self.namespace_of.set(namespace_of);
+        let _ = self.directory.set(directory);
         if let Some(rx) = lock(&self.jobs_rx).take() {
             tokio::spawn(run_jobs(self.clone(), rx));
         }
@@ -230,9 +239,24 @@ impl Cluster {
 
     /// The Mesa namespace of `container`.
     fn namespace(&self, container: &str) -> String {
-        self.namespace_of
+        self.directory
             .get()
-            .map_or_else(|| container.to_string(), |f| f(container))
+            .map_or_else(|| container.to_string(), |d| d.namespace(container))
+    }
+
+    /// Every channel this node must hear now: its own, each of its containers' and
+    /// their Mesa namespaces', and what others asked for with [`Cluster::listen`].
+    fn wanted_channels(&self) -> std::collections::BTreeSet<String> {
+        let mut wanted = std::collections::BTreeSet::new();
+        wanted.insert(keys::node_channel(&self.node_id));
+        if let Some(directory) = self.directory.get() {
+            for container in directory.containers() {
+                wanted.insert(keys::mesa_channel(&directory.namespace(&container)));
+                wanted.insert(keys::container_channel(&container));
+            }
+        }
+        wanted.extend(lock(&self.listeners).iter().map(|l| l.channel.clone()));
+        wanted
     }
 
     fn set_up(&self, up: bool) -> bool {
@@ -286,6 +310,16 @@ mod tests {
     fn passwords_never_reach_messages() {
         assert_eq!(redact("redis://u:secret@h:6379/0"), "redis://***@h:6379/0");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn session_ids_name_their_node() {
+        use crate::hub::node_of_session;
+        assert_eq!(node_of_session("n-1-19a2b-3f"), Some("n-1"));
+        assert_eq!(node_of_session("node-ab12cd34-19a2b-0"), Some("node-ab12cd34"));
+        assert_eq!(node_of_session("alice"), None);
+        assert_eq!(node_of_session("-1-2"), None);
+        assert_eq!(node_of_session("a-b-zz"), None);
     }
 
     #[test]

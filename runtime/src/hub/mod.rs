@@ -143,6 +143,17 @@ pub struct SessionPresence {
     pub client: Option<String>,
 }
 
+/// The node a session id names (ids are `<node>-<start>-<n>`, see
+/// [`Hub::new_session_id`]); None for anything else.
+pub fn node_of_session(id: &str) -> Option<&str> {
+    let mut parts = id.rsplitn(3, '-');
+    let n = parts.next()?;
+    let started = parts.next()?;
+    let node = parts.next()?;
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(n) && hex(started) && !node.is_empty()).then_some(node)
+}
+
 /// The single-node backplane.
 pub struct LocalBackplane;
 
