@@ -136,7 +136,13 @@ async fn mcm(host: &Host, method: reqwest::Method, path: &str, body: Option<&str
 
 /// Waits (at most `within`) until `GET path` on `host` answers `status` with a body
 /// starting with `prefix`; returns how long it took.
-async fn until_served(host: &Host, path: &str, status: u16, prefix: &str, within: Duration) -> Duration {
+async fn until_served(
+    host: &Host,
+    path: &str,
+    status: u16,
+    prefix: &str,
+    within: Duration,
+) -> Duration {
     let start = Instant::now();
     let seen = poll_until(within, || async {
         let r = host.get(path).await;
@@ -162,7 +168,12 @@ async fn deploys_reach_every_node_and_late_nodes_catch_up() {
     let c = node(&redis, &mims, "node-c").await;
 
     // Deploy through A: B and C serve it within 2 s.
-    assert_eq!(upload(&a, "greeter", image_tar(&versioned("v1"))).await.status, 201);
+    assert_eq!(
+        upload(&a, "greeter", image_tar(&versioned("v1")))
+            .await
+            .status,
+        201
+    );
     let created = mcm(
         &a,
         reqwest::Method::POST,
@@ -179,9 +190,15 @@ async fn deploys_reach_every_node_and_late_nodes_catch_up() {
 
     // GET /containers on any node lists it once, with every node serving it.
     let listed = poll_until(PROPAGATION, || async {
-        let list = mcm(&c, reqwest::Method::GET, "/containers", None).await.json();
+        let list = mcm(&c, reqwest::Method::GET, "/containers", None)
+            .await
+            .json();
         let data = list["data"].as_array().cloned().unwrap_or_default();
-        let mine: Vec<_> = data.iter().filter(|x| x["name"] == "greeter").cloned().collect();
+        let mine: Vec<_> = data
+            .iter()
+            .filter(|x| x["name"] == "greeter")
+            .cloned()
+            .collect();
         (mine.len() == 1 && mine[0]["nodes"] == serde_json::json!(["node-a", "node-b", "node-c"]))
             .then_some(mine)
     })
@@ -203,7 +220,12 @@ async fn deploys_reach_every_node_and_late_nodes_catch_up() {
     assert_eq!(again.status, 409, "{again:?}");
 
     // Hot swap through B (a new image uploaded there): A and C run it within 2 s.
-    assert_eq!(upload(&b, "greeter", image_tar(&versioned("v2"))).await.status, 201);
+    assert_eq!(
+        upload(&b, "greeter", image_tar(&versioned("v2")))
+            .await
+            .status,
+        201
+    );
     let swapped = mcm(
         &b,
         reqwest::Method::PUT,
@@ -229,7 +251,9 @@ async fn deploys_reach_every_node_and_late_nodes_catch_up() {
     for n in [&a, &b, &d] {
         until_served(n, "/greeter/version", 404, "", PROPAGATION).await;
     }
-    let list = mcm(&a, reqwest::Method::GET, "/containers", None).await.json();
+    let list = mcm(&a, reqwest::Method::GET, "/containers", None)
+        .await
+        .json();
     assert_eq!(list["data"], serde_json::json!([]), "{list}");
 }
 
@@ -289,12 +313,18 @@ async fn storage_is_shared_in_order_with_tags() {
     set(&a, "u2", "bob", Some("users")).await;
     set(&b, "u3", "cy", Some("users")).await;
     set(&b, "u1", "ada2", None).await; // a rewrite keeps its age and its tag
-    b.get("/kv/all").await.assert_ok("u1=ada2,n1=note,u2=bob,u3=cy");
-    a.get("/kv/all").await.assert_ok("u1=ada2,n1=note,u2=bob,u3=cy");
+    b.get("/kv/all")
+        .await
+        .assert_ok("u1=ada2,n1=note,u2=bob,u3=cy");
+    a.get("/kv/all")
+        .await
+        .assert_ok("u1=ada2,n1=note,u2=bob,u3=cy");
     a.get("/kv/first/2").await.assert_ok("u1,n1");
     a.get("/kv/get/n1").await.assert_ok("note");
     a.get("/kv/get/none").await.assert_ok("null");
-    b.get("/kv/tag/users").await.assert_ok("u1=ada2,u2=bob,u3=cy");
+    b.get("/kv/tag/users")
+        .await
+        .assert_ok("u1=ada2,u2=bob,u3=cy");
     // Retagging moves a key between tags.
     set(&a, "u2", "bob", Some("admins")).await;
     b.get("/kv/tag/users").await.assert_ok("u1=ada2,u3=cy");
@@ -314,7 +344,9 @@ async fn storage_is_shared_in_order_with_tags() {
     b.get("/kv/all").await.assert_ok("n1=note");
     // One container across nodes: listed once, served by both.
     let listed = poll_until(PROPAGATION, || async {
-        let list = mcm(&a, reqwest::Method::GET, "/containers", None).await.json();
+        let list = mcm(&a, reqwest::Method::GET, "/containers", None)
+            .await
+            .json();
         let data = list["data"].as_array().cloned().unwrap_or_default();
         (data.len() == 1 && data[0]["nodes"] == serde_json::json!(["node-a", "node-b"]))
             .then_some(())
@@ -329,7 +361,9 @@ async fn storage_is_shared_in_order_with_tags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_redis_makes_the_store_throw_and_it_recovers() {
-    let Some(mut redis) = Redis::start() else { return };
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
     let mims = Mims::from_files(&[("kv.js", STORE_MIM)]);
     let a = node(&redis, &mims, "node-a").await;
     let b = node(&redis, &mims, "node-b").await;

@@ -341,7 +341,10 @@ impl Deploys {
                 continue;
             };
             for (name, served) in map {
-                serving.entry(name).or_default().insert(node.clone(), served);
+                serving
+                    .entry(name)
+                    .or_default()
+                    .insert(node.clone(), served);
             }
         }
         *lock(&self.serving) = serving;
@@ -442,4 +445,3 @@ fn parse<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> Option<T> {
         .inspect_err(|e| tracing::warn!("deploys: {what} in Redis is not valid: {e}; ignored"))
         .ok()
 }
-

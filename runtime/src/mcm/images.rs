@@ -311,10 +311,13 @@ async fn publish(mcm: &Mcm, before: &[ImageMeta], id: &str, tar: &[u8]) -> Resul
         .into_iter()
         .filter(|m| m.id == id || !before.contains(m))
         .collect();
-    deploys.put_images(&changed, Some((id, tar))).await.map_err(|e| {
-        deploys.resync();
-        super::replica::deploy_error(e)
-    })
+    deploys
+        .put_images(&changed, Some((id, tar)))
+        .await
+        .map_err(|e| {
+            deploys.resync();
+            super::replica::deploy_error(e)
+        })
 }
 
 /// Moves a staged image folder into place and lists the image (a leftover folder of

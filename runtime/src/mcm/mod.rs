@@ -111,8 +111,7 @@ impl Mcm {
         cluster: Option<&Arc<crate::cluster::Cluster>>,
     ) -> Self {
         let images = images::ImageStore::open(&config.data);
-        let deploys =
-            cluster.map(|c| Arc::new(crate::cluster::deploys::Deploys::new(c.clone())));
+        let deploys = cluster.map(|c| Arc::new(crate::cluster::deploys::Deploys::new(c.clone())));
         Self {
             data: config.data.clone(),
             registry,

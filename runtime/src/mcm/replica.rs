@@ -120,8 +120,7 @@ impl Mcm {
         }
         let kept: BTreeSet<&str> = snapshot.images.iter().map(|m| m.id.as_str()).collect();
         for meta in self.images.list() {
-            if !kept.contains(meta.id.as_str())
-                && self.containers.using_image(&meta.id).is_empty()
+            if !kept.contains(meta.id.as_str()) && self.containers.using_image(&meta.id).is_empty()
             {
                 match images::remove_local(self, &meta) {
                     Ok(()) => changed += 1,
@@ -213,8 +212,12 @@ impl Mcm {
                 let spec = spec_for(self, name, &record.image_id, &record.env, &record.base_path);
                 let error = self.registry.update(spec).await.err();
                 match &error {
-                    None => tracing::info!(container = %name, "deploys: hot swapped to image {}", record.image_id),
-                    Some(e) => tracing::error!(container = %name, "deploys: the new code does not load here; the previous version keeps serving: {e}"),
+                    None => {
+                        tracing::info!(container = %name, "deploys: hot swapped to image {}", record.image_id)
+                    }
+                    Some(e) => {
+                        tracing::error!(container = %name, "deploys: the new code does not load here; the previous version keeps serving: {e}")
+                    }
                 }
                 return self.keep(record, None);
             }

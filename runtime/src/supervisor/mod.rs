@@ -293,8 +293,9 @@ impl Supervisor {
 
     async fn spawn_worker_inner(self: &Arc<Self>) -> Result<(), String> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let (child, stream) = spawn::worker_process(self.limits.memory_bytes, self.limits.store_redis.as_deref())
-            .map_err(|e| format!("cannot start a worker process: {e}"))?;
+        let (child, stream) =
+            spawn::worker_process(self.limits.memory_bytes, self.limits.store_redis.as_deref())
+                .map_err(|e| format!("cannot start a worker process: {e}"))?;
         let pid = child.id().unwrap_or(0);
         let (read, write) = stream.into_split();
         let (to_worker, rx) = mpsc::unbounded_channel();
