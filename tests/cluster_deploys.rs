@@ -159,6 +159,41 @@ async fn until_served(
     start.elapsed()
 }
 
+/// Uploads the `greeter` image at `version` through `host`, then creates the
+/// container (`POST`) or hot swaps it to that image (`PUT`); the second answer.
+async fn deploy_greeter(host: &Host, version: &str, method: reqwest::Method) -> Reply {
+    let up = upload(host, "greeter", image_tar(&versioned(version))).await;
+    assert_eq!(up.status, 201, "{up:?}");
+    match method {
+        reqwest::Method::POST => {
+            let body = r#"{"name":"greeter","image":"greeter"}"#;
+            mcm(host, method, "/containers", Some(body)).await
+        }
+        _ => {
+            let body = r#"{"image":"greeter:latest"}"#;
+            mcm(host, method, "/containers/greeter", Some(body)).await
+        }
+    }
+}
+
+/// Waits until `GET /containers` on `host` lists `name` once, served by `nodes`.
+async fn listed_once(host: &Host, name: &str, nodes: &[&str]) {
+    let seen = poll_until(PROPAGATION, || async {
+        let list = mcm(host, reqwest::Method::GET, "/containers", None)
+            .await
+            .json();
+        let data = list["data"].as_array().cloned().unwrap_or_default();
+        let mine: Vec<_> = data.iter().filter(|x| x["name"] == name).collect();
+        (mine.len() == 1 && mine[0]["nodes"] == serde_json::json!(nodes)).then_some(())
+    })
+    .await;
+    let last = mcm(host, reqwest::Method::GET, "/containers", None).await;
+    assert!(
+        seen.is_some(),
+        "{name} not listed once on {nodes:?}: {last:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_reach_every_node_and_late_nodes_catch_up() {
     let Some(redis) = Redis::start() else { return };
@@ -168,19 +203,7 @@ async fn deploys_reach_every_node_and_late_nodes_catch_up() {
     let c = node(&redis, &mims, "node-c").await;
 
     // Deploy through A: B and C serve it within 2 s.
-    assert_eq!(
-        upload(&a, "greeter", image_tar(&versioned("v1")))
-            .await
-            .status,
-        201
-    );
-    let created = mcm(
-        &a,
-        reqwest::Method::POST,
-        "/containers",
-        Some(r#"{"name":"greeter","image":"greeter"}"#),
-    )
-    .await;
+    let created = deploy_greeter(&a, "v1", reqwest::Method::POST).await;
     assert_eq!(created.status, 201, "{created:?}");
     for n in [&b, &c] {
         let took = until_served(n, "/greeter/version", 200, "v1 ", PROPAGATION).await;
@@ -189,50 +212,14 @@ async fn deploys_reach_every_node_and_late_nodes_catch_up() {
     assert_eq!(b.get("/greeter/version").await.body, "v1 node-b");
 
     // GET /containers on any node lists it once, with every node serving it.
-    let listed = poll_until(PROPAGATION, || async {
-        let list = mcm(&c, reqwest::Method::GET, "/containers", None)
-            .await
-            .json();
-        let data = list["data"].as_array().cloned().unwrap_or_default();
-        let mine: Vec<_> = data
-            .iter()
-            .filter(|x| x["name"] == "greeter")
-            .cloned()
-            .collect();
-        (mine.len() == 1 && mine[0]["nodes"] == serde_json::json!(["node-a", "node-b", "node-c"]))
-            .then_some(mine)
-    })
-    .await;
-    assert!(
-        listed.is_some(),
-        "{:?}",
-        mcm(&c, reqwest::Method::GET, "/containers", None).await
-    );
+    listed_once(&c, "greeter", &["node-a", "node-b", "node-c"]).await;
 
     // A name taken through another node is a conflict everywhere.
-    let again = mcm(
-        &c,
-        reqwest::Method::POST,
-        "/containers",
-        Some(r#"{"name":"greeter","image":"greeter"}"#),
-    )
-    .await;
+    let again = deploy_greeter(&c, "v1", reqwest::Method::POST).await;
     assert_eq!(again.status, 409, "{again:?}");
 
     // Hot swap through B (a new image uploaded there): A and C run it within 2 s.
-    assert_eq!(
-        upload(&b, "greeter", image_tar(&versioned("v2")))
-            .await
-            .status,
-        201
-    );
-    let swapped = mcm(
-        &b,
-        reqwest::Method::PUT,
-        "/containers/greeter",
-        Some(r#"{"image":"greeter:latest"}"#),
-    )
-    .await;
+    let swapped = deploy_greeter(&b, "v2", reqwest::Method::PUT).await;
     assert_eq!(swapped.status, 200, "{swapped:?}");
     for n in [&a, &c] {
         let took = until_served(n, "/greeter/version", 200, "v2 ", PROPAGATION).await;
@@ -343,20 +330,7 @@ async fn storage_is_shared_in_order_with_tags() {
     b.get("/kv/tag/admins").await.assert_ok("");
     b.get("/kv/all").await.assert_ok("n1=note");
     // One container across nodes: listed once, served by both.
-    let listed = poll_until(PROPAGATION, || async {
-        let list = mcm(&a, reqwest::Method::GET, "/containers", None)
-            .await
-            .json();
-        let data = list["data"].as_array().cloned().unwrap_or_default();
-        (data.len() == 1 && data[0]["nodes"] == serde_json::json!(["node-a", "node-b"]))
-            .then_some(())
-    })
-    .await;
-    assert!(
-        listed.is_some(),
-        "{:?}",
-        mcm(&a, reqwest::Method::GET, "/containers", None).await
-    );
+    listed_once(&a, "kv", &["node-a", "node-b"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

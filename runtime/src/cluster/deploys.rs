@@ -165,6 +165,15 @@ impl Deploys {
         *lock(&self.applied) = None;
     }
 
+    /// Runs the changes in `pipe` and the version bump as one atomic step.
+    async fn commit(&self, limit: Duration, mut pipe: redis::Pipeline) -> Result<(), DeployError> {
+        pipe.atomic().incr(VERSION, 1).ignore();
+        self.call(limit, |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
     /// Records image records (a new upload and the records whose tags it took), and
     /// the uploaded tar of a new image.
     pub async fn put_images(
@@ -173,34 +182,20 @@ impl Deploys {
         blob: Option<(&str, &[u8])>,
     ) -> Result<(), DeployError> {
         let mut pipe = redis::pipe();
-        pipe.atomic();
         if let Some((id, bytes)) = blob {
             pipe.set(blob_key(id), bytes).ignore();
         }
         for m in metas {
             pipe.hset(IMAGES, &m.id, to_json(m)).ignore();
         }
-        pipe.incr(VERSION, 1).ignore();
-        self.call(BLOB_TIMEOUT, |mut c| async move {
-            pipe.query_async::<()>(&mut c).await
-        })
-        .await
+        self.commit(BLOB_TIMEOUT, pipe).await
     }
 
     /// Removes an image record and its tar.
     pub async fn drop_image(&self, id: &str) -> Result<(), DeployError> {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hdel(IMAGES, id)
-            .ignore()
-            .del(blob_key(id))
-            .ignore()
-            .incr(VERSION, 1)
-            .ignore();
-        self.call(CALL_TIMEOUT, |mut c| async move {
-            pipe.query_async::<()>(&mut c).await
-        })
-        .await
+        pipe.hdel(IMAGES, id).ignore().del(blob_key(id)).ignore();
+        self.commit(CALL_TIMEOUT, pipe).await
     }
 
     /// Records a new container; [`DeployError::Taken`] when the name is in use.
@@ -226,29 +221,16 @@ impl Deploys {
     /// Records a changed container (hot swap).
     pub async fn put_container(&self, record: &ContainerRecord) -> Result<(), DeployError> {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(CONTAINERS, &record.name, to_json(record))
-            .ignore()
-            .incr(VERSION, 1)
+        pipe.hset(CONTAINERS, &record.name, to_json(record))
             .ignore();
-        self.call(CALL_TIMEOUT, |mut c| async move {
-            pipe.query_async::<()>(&mut c).await
-        })
-        .await
+        self.commit(CALL_TIMEOUT, pipe).await
     }
 
     /// Removes a container record.
     pub async fn drop_container(&self, name: &str) -> Result<(), DeployError> {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hdel(CONTAINERS, name)
-            .ignore()
-            .incr(VERSION, 1)
-            .ignore();
-        self.call(CALL_TIMEOUT, |mut c| async move {
-            pipe.query_async::<()>(&mut c).await
-        })
-        .await
+        pipe.hdel(CONTAINERS, name).ignore();
+        self.commit(CALL_TIMEOUT, pipe).await
     }
 
     /// The uploaded tar of image `id`, if Redis still has it.

@@ -6,8 +6,8 @@
 use super::{backplane, keys, lock, Cluster};
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
-use std::sync::atomic::Ordering;
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 

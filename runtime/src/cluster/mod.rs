@@ -316,7 +316,10 @@ mod tests {
     fn session_ids_name_their_node() {
         use crate::hub::node_of_session;
         assert_eq!(node_of_session("n-1-19a2b-3f"), Some("n-1"));
-        assert_eq!(node_of_session("node-ab12cd34-19a2b-0"), Some("node-ab12cd34"));
+        assert_eq!(
+            node_of_session("node-ab12cd34-19a2b-0"),
+            Some("node-ab12cd34")
+        );
         assert_eq!(node_of_session("alice"), None);
         assert_eq!(node_of_session("-1-2"), None);
         assert_eq!(node_of_session("a-b-zz"), None);

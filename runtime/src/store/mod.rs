@@ -18,8 +18,8 @@ use std::path::Path;
 pub enum OpenStore {
     /// `<data>/store/NAME` on this node (the single-node default).
     Sled(SledStore),
-    /// The cluster's Redis (`--cluster`).
-    Redis(RedisStore),
+    /// The cluster's Redis (`--cluster`); boxed, it is the larger one.
+    Redis(Box<RedisStore>),
 }
 
 impl OpenStore {
@@ -27,7 +27,7 @@ impl OpenStore {
     /// the folder `dir`.
     pub fn open(dir: &Path, name: &str, redis: Option<&str>) -> Result<Self, StorageError> {
         match redis {
-            Some(url) => RedisStore::open(url, name).map(Self::Redis),
+            Some(url) => RedisStore::open(url, name).map(|s| Self::Redis(Box::new(s))),
             None => SledStore::open(dir).map(Self::Sled),
         }
     }
@@ -44,7 +44,7 @@ impl OpenStore {
     fn inner(&self) -> &dyn Storage {
         match self {
             Self::Sled(s) => s,
-            Self::Redis(s) => s,
+            Self::Redis(s) => s.as_ref(),
         }
     }
 }
