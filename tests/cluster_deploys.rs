@@ -103,8 +103,13 @@ fn image_tar(index_js: &str) -> Vec<u8> {
 }
 
 /// A mim answering `GET /version` with `version` and the node it runs on.
+/// It also keeps a note in its store (`POST`/`GET /note`).
 fn versioned(version: &str) -> String {
-    format!("app.get('/version', (req, res) => res.end('{version} ' + context.info.nodeId));")
+    format!(
+        "app.get('/version', (req, res) => res.end('{version} ' + context.info.nodeId));
+app.post('/note', (req, res) => {{ context.storage.setItem('note', req.body); res.end('ok'); }});
+app.get('/note', (req, res) => res.end(String(context.storage.getItem('note'))));"
+    )
 }
 
 /// `POST /mcm/v1/images?name=NAME` with a raw tar body.
@@ -232,9 +237,44 @@ async fn deploys_reach_every_node_and_late_nodes_catch_up() {
     let images = mcm(&d, reqwest::Method::GET, "/images", None).await.json();
     assert_eq!(images["data"].as_array().map(Vec::len), Some(2), "{images}");
 
-    // Delete through C: gone from every node within 2 s.
+    // Its store is shared by every node.
+    send(
+        a.request(reqwest::Method::POST, "/greeter/note")
+            .body("kept"),
+    )
+    .await
+    .assert_ok("ok");
+    d.get("/greeter/note").await.assert_ok("kept");
+
+    // Delete through C: gone from every node within 2 s; its data stays.
     let deleted = mcm(&c, reqwest::Method::DELETE, "/containers/greeter", None).await;
     assert_eq!(deleted.status, 200, "{deleted:?}");
+    for n in [&a, &b, &d] {
+        until_served(n, "/greeter/version", 404, "", PROPAGATION).await;
+    }
+    let again = deploy_greeter(&d, "v3", reqwest::Method::POST).await;
+    assert_eq!(again.status, 201, "{again:?}");
+    until_served(&a, "/greeter/version", 200, "v3 ", PROPAGATION).await;
+    a.get("/greeter/note").await.assert_ok("kept");
+
+    // A purge through A deletes its data in Redis for every node.
+    let purged = mcm(
+        &a,
+        reqwest::Method::DELETE,
+        "/containers/greeter?purge=true",
+        None,
+    )
+    .await;
+    assert_eq!(purged.status, 200, "{purged:?}");
+    for n in [&b, &c, &d] {
+        until_served(n, "/greeter/version", 404, "", PROPAGATION).await;
+    }
+    let fresh = deploy_greeter(&b, "v4", reqwest::Method::POST).await;
+    assert_eq!(fresh.status, 201, "{fresh:?}");
+    until_served(&c, "/greeter/version", 200, "v4 ", PROPAGATION).await;
+    c.get("/greeter/note").await.assert_ok("null");
+    let last = mcm(&c, reqwest::Method::DELETE, "/containers/greeter", None).await;
+    assert_eq!(last.status, 200, "{last:?}");
     for n in [&a, &b, &d] {
         until_served(n, "/greeter/version", 404, "", PROPAGATION).await;
     }
