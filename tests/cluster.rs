@@ -43,7 +43,8 @@ exports.post = function (req) {
     results.push(r === undefined ? null : r);
   });
   (c.mesa || []).forEach(function (m) {
-    (m.sync ? synced : plain).dispatch(new mesa.Message(m.op, m.d, m.t), m.to, m.excluding);
+    var d = m.ns !== undefined ? new mesa.Dispatcher({ namespace: m.ns }) : m.sync ? synced : plain;
+    d.dispatch(new mesa.Message(m.op, m.d, m.t), m.to, m.excluding);
   });
   (c.events || []).forEach(function (e) { context.dispatchWebSocketEvent({ type: 'e', message: e }); });
   return { body: results };
@@ -159,9 +160,12 @@ impl Drop for Redis {
 
 /// `n` nodes (`n0`, `n1`, …) serving the room mim on one Redis, each joined.
 async fn nodes(redis: &Redis, n: usize) -> (Mims, Vec<Host>) {
+    // lobby runs the same code in room's Mesa namespace.
     let mims = Mims::new()
         .with("room/index.js", ROOM)
-        .with("room/mim.json", &mim_json(&[("WEBSOCKET_SUPPORT", "true")]));
+        .with("room/mim.json", &mim_json(&[("WEBSOCKET_SUPPORT", "true")]))
+        .with("lobby/index.js", ROOM)
+        .with("lobby/mim.json", &mim_json(&[("MESA_NAMESPACE", "room")]));
     let mut hosts = Vec::new();
     for i in 0..n {
         hosts.push(node(&mims.path(), redis, &format!("n{i}")).await);
@@ -233,8 +237,13 @@ async fn close_code(ws: &mut Ws) -> u16 {
 
 /// Runs a command on `host`'s room mim; the results of its `calls`.
 async fn room(host: &Host, command: Value) -> Vec<Value> {
-    let reply = host.post("/room", command.to_string()).await;
-    assert_eq!(reply.status, 200, "POST /room: {}", reply.body);
+    run(host, "/room", command).await
+}
+
+/// Runs a command on the mim at `path` of `host`.
+async fn run(host: &Host, path: &str, command: Value) -> Vec<Value> {
+    let reply = host.post(path, command.to_string()).await;
+    assert_eq!(reply.status, 200, "POST {path}: {}", reply.body);
     serde_json::from_str(&reply.body).expect("results as JSON")
 }
 
@@ -548,6 +557,30 @@ async fn mesa_dispatch_reaches_client_ids_on_every_node_with_and_without_sync() 
     })
     .await
     .is_some());
+
+    // A namespace spans containers: lobby's sessions (namespace room) on n0 and n2
+    // get room's dispatches once each; a Dispatcher's own namespace option is obeyed.
+    let (mut l0, idl0) = open(&hosts[0], "/lobby/").await;
+    let (mut l2, idl2) = open(&hosts[2], "/lobby/").await;
+    run(
+        &hosts[0],
+        "/lobby",
+        json!({ "calls": [["setClientId", [idl0, "lena"]], ["setClientId", [idl2, "lena"]]] }),
+    )
+    .await;
+    let lena: BTreeSet<String> = ["alice", "bob", "carol", "lena"].map(String::from).into();
+    assert!(poll_until(WAIT, || async {
+        (redis.members("connected_clients_room") == lena).then_some(())
+    })
+    .await
+    .is_some());
+    let spans = json!({ "mesa": [
+        { "to": ["lena"], "op": 0, "d": 7, "t": "T", "ns": "nowhere" },
+        { "to": ["lena"], "op": 0, "d": 8, "t": "T" }
+    ]});
+    room(&hosts[0], spans).await;
+    assert_eq!(text(&mut l0).await, f(8));
+    assert_eq!(text(&mut l2).await, f(8));
 
     // The real @cryb/mesa Dispatcher from Node, with and without sync.
     let Some(node_dir) = mesa_peer() else { return };

@@ -587,7 +587,8 @@
     if (!message || typeof message !== 'object') throw new TypeError('dispatch(message, recipients): message must be a Message');
     if (!Array.isArray(recipients)) throw new TypeError('dispatch(message, recipients): recipients must be an array of client ids');
     var text = JSON.stringify({ op: message.op, d: message.d, t: message.t });
-    wsOp({ DispatchToClients: { text: text, recipients: recipients.map(String), excluding: (excluding || []).map(String), sync: this.sync } });
+    wsOp({ DispatchToClients: { text: text, recipients: recipients.map(String), excluding: (excluding || []).map(String), sync: this.sync,
+      namespace: this.namespace === undefined || this.namespace === null ? null : String(this.namespace) } });
     return Promise.resolve();
   };
   var mesaLib = { Dispatcher: MesaDispatcher, Message: MesaMessage };

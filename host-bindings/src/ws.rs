@@ -128,6 +128,9 @@ pub enum WsOp {
         excluding: Vec<String>,
         /// Keep messages for client ids not connected and deliver them on bind.
         sync: bool,
+        /// The Dispatcher's `namespace` option (SPEC 6); None: the container's.
+        #[serde(default)]
+        namespace: Option<String>,
     },
     /// `setClientId(id, clientId)`.
     SetClientId {

@@ -77,7 +77,8 @@ struct Common {
 
 #[derive(Args)]
 struct FanoutArgs {
-    /// Broadcast channel, e.g. ws://127.0.0.1:8083/ws/notify.
+    /// Broadcast channel, e.g. ws://127.0.0.1:8083/ws/notify; several, comma
+    /// separated (the nodes of a cluster), share the clients evenly.
     #[arg(long)]
     ws: String,
     /// URL whose POST dispatches one event to every client.
@@ -503,7 +504,11 @@ async fn fan_reader(mut client: WsClient, fan: Arc<Fan>, pattern: Arc<Vec<u8>>) 
 }
 
 async fn fanout(a: FanoutArgs) -> Value {
-    let target = Target::parse(&a.ws).expect("--ws URL");
+    let targets: Vec<Target> = a
+        .ws
+        .split(',')
+        .map(|url| Target::parse(url).expect("--ws URL"))
+        .collect();
     let n_events = a.singles + a.events;
     let fan = Arc::new(Fan {
         singles: a.singles,
@@ -518,18 +523,32 @@ async fn fanout(a: FanoutArgs) -> Value {
     });
     let pattern = Arc::new(a.pattern.as_bytes().to_vec());
     eprintln!("fanout: opening {} clients on {}", a.clients, a.ws);
-    let reader_fan = fan.clone();
-    let opened = open_many(
-        a.clients,
-        &target,
-        a.protocol.as_deref(),
-        &a.common,
-        usize::MAX,
-        move |_, c| {
-            tokio::spawn(fan_reader(c, reader_fan.clone(), pattern.clone()));
-        },
-    )
-    .await;
+    let mut opened = Opened {
+        ok: 0,
+        failed: 0,
+        first_error: None,
+        seconds: 0.0,
+    };
+    for (i, target) in targets.iter().enumerate() {
+        // Client k goes to target k % len: an even share each.
+        let share = (a.clients + targets.len() - 1 - i) / targets.len();
+        let (reader_fan, pattern) = (fan.clone(), pattern.clone());
+        let part = open_many(
+            share,
+            target,
+            a.protocol.as_deref(),
+            &a.common,
+            usize::MAX,
+            move |_, c| {
+                tokio::spawn(fan_reader(c, reader_fan.clone(), pattern.clone()));
+            },
+        )
+        .await;
+        opened.ok += part.ok;
+        opened.failed += part.failed;
+        opened.seconds += part.seconds;
+        opened.first_error = opened.first_error.or(part.first_error);
+    }
     eprintln!(
         "fanout: {} open, {} failed in {:.1}s",
         opened.ok, opened.failed, opened.seconds

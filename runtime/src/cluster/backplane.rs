@@ -6,7 +6,7 @@
 //! keep the order one invocation issued.
 
 use super::{keys, lock, presence, Cluster, INBOUND_QUEUE};
-use crate::hub::{Backplane, PresenceChange};
+use crate::hub::{Backplane, MesaDispatch, PresenceChange};
 use mimhost_bindings::{WsAnswer, WsOp, WsQuery};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
@@ -152,8 +152,19 @@ impl Backplane for ClusterBackplane {
         presence::query(&self.0, container, query)
     }
 
-    fn mesa_dispatch(&self, container: &str, text: &str, recipients: &[String], sync: bool) {
-        super::mesa::dispatch(&self.0, container, text, recipients, sync);
+    fn mesa_dispatch(&self, dispatch: &MesaDispatch<'_>) {
+        super::mesa::dispatch(&self.0, dispatch);
+    }
+
+    fn mesa_containers(&self, container: &str, namespace: Option<&str>) -> Vec<String> {
+        let namespace = namespace.map_or_else(|| self.0.namespace(container), str::to_string);
+        self.0
+            .hub()
+            .map(|hub| hub.local_containers())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| self.0.namespace(c) == namespace)
+            .collect()
     }
 
     fn is_clustered(&self) -> bool {

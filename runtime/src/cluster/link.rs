@@ -15,6 +15,9 @@ const FIRST_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 /// How often the subscriber connection and the command connection are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Probes in a row that may go unanswered before the link counts as lost (a closed
+/// connection counts at once; this is for one that is open but silent).
+const PROBE_MISSES: u32 = 3;
 /// How often the subscriptions follow the containers this node runs.
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 
@@ -104,6 +107,7 @@ async fn read(
 ) {
     let mut probe = tokio::time::interval(PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut misses = 0;
     let mut resync = tokio::time::interval(FOLLOW_EVERY);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -132,7 +136,8 @@ async fn read(
                 })
                 .await
                 .unwrap_or(false);
-                if !ok {
+                misses = if ok { 0 } else { misses + 1 };
+                if misses >= PROBE_MISSES {
                     return;
                 }
             }

@@ -7,7 +7,7 @@
 
 use super::backplane::Inbound;
 use super::{keys, Cluster};
-use crate::hub::Hub;
+use crate::hub::{Hub, MesaDispatch};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -123,17 +123,14 @@ pub(super) fn deliver_kept(hub: &Hub, container: &str, session: &str, kept: &str
 
 /// mimhost's Dispatcher beyond this node: with `sync`, messages for ids in no
 /// session anywhere go to `undelivered_messages`, the rest is published on `ws[_<ns>]`.
-pub(super) fn dispatch(
-    cluster: &Arc<Cluster>,
-    container: &str,
-    text: &str,
-    recipients: &[String],
-    sync: bool,
-) {
-    let namespace = cluster.namespace(container);
+pub(super) fn dispatch(cluster: &Arc<Cluster>, dispatch: &MesaDispatch<'_>) {
+    let namespace = dispatch
+        .namespace
+        .map_or_else(|| cluster.namespace(dispatch.container), str::to_string);
     let node = cluster.node_id().to_string();
-    let text = text.to_string();
-    let recipients = recipients.to_vec();
+    let text = dispatch.text.to_string();
+    let recipients = dispatch.recipients.to_vec();
+    let sync = dispatch.sync;
     let published = cluster.enqueue(Box::new(move |mut con| {
         Box::pin(async move {
             let mut online = recipients.clone();

@@ -30,8 +30,9 @@ use tokio::sync::{mpsc, watch, Notify};
 const JOB_QUEUE: usize = 65_536;
 /// Most messages from other nodes waiting for one container; more are dropped and counted.
 const INBOUND_QUEUE: usize = 16_384;
-/// How long one Redis command may take before it counts as failed.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one Redis command may take before it counts as failed (generous: a
+/// loaded machine must not pass for a lost Redis; a stopped one fails at once).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why the cluster could not be set up.
 #[derive(Debug, thiserror::Error)]

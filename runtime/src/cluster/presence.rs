@@ -196,7 +196,7 @@ pub(super) fn query(cluster: &Arc<Cluster>, container: &str, query: &WsQuery) ->
     }
     tokio::task::block_in_place(|| {
         handle.block_on(async {
-            tokio::time::timeout(Duration::from_secs(2), rx)
+            tokio::time::timeout(super::COMMAND_TIMEOUT, rx)
                 .await
                 .ok()?
                 .ok()

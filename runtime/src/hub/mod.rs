@@ -79,13 +79,34 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// A Mesa dispatch delivered here already (`recipients` with exclusions applied,
     /// or `["*"]`) for the other nodes and Mesa servers, keeping (`sync`) what no
-    /// session anywhere can take.
-    fn mesa_dispatch(&self, _container: &str, _text: &str, _recipients: &[String], _sync: bool) {}
+    /// session anywhere can take. `namespace`: the Dispatcher's option, else None.
+    fn mesa_dispatch(&self, _: &MesaDispatch<'_>) {}
+
+    /// The containers of this node a Mesa dispatch of `container`'s code reaches
+    /// (every one in its namespace); the local backplane: that container only.
+    fn mesa_containers(&self, container: &str, _namespace: Option<&str>) -> Vec<String> {
+        vec![container.to_string()]
+    }
 
     /// Whether other nodes exist (then sync keeping and session lookups go through it).
     fn is_clustered(&self) -> bool {
         false
     }
+}
+
+/// One Mesa dispatch of a container's code, for the backplane.
+#[derive(Debug, Clone, Copy)]
+pub struct MesaDispatch<'a> {
+    /// The container whose code dispatched.
+    pub container: &'a str,
+    /// The Dispatcher's `namespace` option (None: the container's namespace).
+    pub namespace: Option<&'a str>,
+    /// The `{"op","d","t"}` frame.
+    pub text: &'a str,
+    /// Client ids with exclusions applied, or `["*"]`.
+    pub recipients: &'a [String],
+    /// Keep what no session anywhere can take (Mesa sync).
+    pub sync: bool,
 }
 
 /// A change of one local session that the cluster records.
@@ -445,6 +466,7 @@ impl Hub {
                 recipients,
                 excluding,
                 sync,
+                namespace,
             } => {
                 let everyone = recipients.iter().any(|r| r == "*");
                 let targets: Vec<String> = if everyone {
@@ -456,9 +478,19 @@ impl Hub {
                         .cloned()
                         .collect()
                 };
-                self.mesa_local(container, text, &targets, false);
-                self.backplane
-                    .mesa_dispatch(container, text, &targets, *sync);
+                for local in self
+                    .backplane
+                    .mesa_containers(container, namespace.as_deref())
+                {
+                    self.mesa_local(&local, text, &targets, false);
+                }
+                self.backplane.mesa_dispatch(&MesaDispatch {
+                    container,
+                    namespace: namespace.as_deref(),
+                    text,
+                    recipients: &targets,
+                    sync: *sync,
+                });
                 return;
             }
         }
@@ -592,6 +624,7 @@ impl Hub {
                 recipients,
                 excluding,
                 sync,
+                namespace: _,
             } => {
                 let targets: Vec<String> = recipients
                     .into_iter()
