@@ -34,7 +34,7 @@ pub const POLL: Duration = Duration::from_millis(250);
 const SERVING_TTL_MS: u64 = 3_000;
 /// How long one Redis call may take before the cluster counts as unavailable
 /// (image blobs are fetched with a longer bound).
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on fetching one image blob.
 const BLOB_TIMEOUT: Duration = Duration::from_secs(30);
 
