@@ -504,11 +504,10 @@ async fn fan_reader(mut client: WsClient, fan: Arc<Fan>, pattern: Arc<Vec<u8>>) 
 }
 
 async fn fanout(a: FanoutArgs) -> Value {
-    let targets: Vec<Target> = a
-        .ws
-        .split(',')
-        .map(|url| Target::parse(url).expect("--ws URL"))
-        .collect();
+    let targets: Vec<Target> =
+        a.ws.split(',')
+            .map(|url| Target::parse(url).expect("--ws URL"))
+            .collect();
     let n_events = a.singles + a.events;
     let fan = Arc::new(Fan {
         singles: a.singles,
