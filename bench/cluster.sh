@@ -59,7 +59,7 @@ PIDS+=("$!")
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 
-# start KIND NAME -> echoes the port. KIND: mimhost | mimhost-cluster | mesa
+# start KIND NAME -> sets PORT and SRV (its pid). KIND: mimhost | mimhost-cluster | mesa
 start() {
   local kind=$1 name=$2 port data
   port=$(free_port)
@@ -71,9 +71,10 @@ start() {
       --cluster "$REDIS_URL" --node-id "$name" >"$WORK/logs/$name.log" 2>&1 & ;;
     mesa) node bench/peers/server.js --port "$port" --mesa --redis "$REDIS_URL" >"$WORK/logs/$name.log" 2>&1 & ;;
   esac
-  PIDS+=("$!")
+  SRV=$!
+  PIDS+=("$SRV")
+  PORT=$port
   wait_http "http://127.0.0.1:$port/healthz"
-  echo "$port"
 }
 
 # run NAME PORT... : fan-out with clients split over the ports, posts to the first
@@ -88,14 +89,27 @@ run() {
     || say "   failed: $(tail -n 3 "$WORK/logs/$name.err")"
 }
 
-a=$(start mimhost-cluster n1); b=$(start mimhost-cluster n2)
+# hop NAME POST_PORT WS_PORT: 10 clients on one node, 20 single dispatches posted to
+# another (or the same) node, each waited for: the latency one Redis hop adds.
+hop() {
+  sleep 1
+  say "-- $1 (10 clients on :$3, dispatches posted to :$2)"
+  nice "$LOADGEN" fanout --ws "ws://127.0.0.1:$3/ws/notify" --post "http://127.0.0.1:$2/notify/notify" \
+    --clients 10 --singles 20 --events 10 >"$WORK/r/$1.json" 2>"$WORK/logs/$1.err" || say "   failed"
+}
+
+start mimhost-cluster n1; a=$PORT; pa=$SRV
+start mimhost-cluster n2; b=$PORT; pb=$SRV
+hop hop-same-node "$a" "$a"
+hop hop-other-node "$a" "$b"
 run mimhost-2-nodes "$a" "$b"
-kill -TERM "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true; sleep 1
-a=$(start mesa m1); b=$(start mesa m2)
+kill -TERM "$pa" "$pb" 2>/dev/null || true; sleep 1
+start mesa m1; a=$PORT; pa=$SRV
+start mesa m2; b=$PORT; pb=$SRV
 run mesa-2-servers "$a" "$b"
-kill -TERM "${PIDS[-1]}" "${PIDS[-2]}" 2>/dev/null || true; sleep 1
-a=$(start mimhost solo)
-run mimhost-1-node "$a"
+kill -TERM "$pa" "$pb" 2>/dev/null || true; sleep 1
+start mimhost solo
+run mimhost-1-node "$PORT"
 
 python3 - "$WORK/r" "bench/results/cluster-latest.json" "$(git rev-parse --short HEAD)" <<'EOF'
 import json, os, sys
@@ -119,6 +133,8 @@ for name in ("mimhost-2-nodes", "mesa-2-servers", "mimhost-1-node"):
 m, s = row("mimhost-2-nodes"), row("mesa-2-servers")
 if m[0] and s[0]:
     print(f"\nratio deliveries/s mimhost 2 nodes / Mesa 2 servers: {m[0] / s[0]:.2f}x")
-if m[2] is not None and row("mimhost-1-node")[2] is not None:
-    print(f"Redis hop (reach-all, 2 nodes minus 1 node): {m[2] - row('mimhost-1-node')[2]:.2f} ms")
+same, other = row("hop-same-node"), row("hop-other-node")
+if same[3] is not None and other[3] is not None:
+    print(f"one Redis hop: single-dispatch p50 {other[3]} ms on the other node vs {same[3]} ms on the same node"
+          f" (+{other[3] - same[3]:.2f} ms)")
 EOF

@@ -204,6 +204,18 @@ pub(super) fn query(cluster: &Arc<Cluster>, container: &str, query: &WsQuery) ->
     })
 }
 
+/// An atomic pipeline that first drops the expired members of `key` (purge on read).
+fn purged(key: &str, now: u64) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(key)
+        .arg("-inf")
+        .arg(now)
+        .ignore();
+    pipe
+}
+
 async fn ask(
     con: &mut ConnectionManager,
     container: &str,
@@ -213,13 +225,7 @@ async fn ask(
     match query {
         WsQuery::GroupSize(group) => {
             let key = keys::group(container, &group);
-            let (size,): (u64,) = redis::pipe()
-                .atomic()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(now)
-                .ignore()
+            let (size,): (u64,) = purged(&key, now)
                 .cmd("ZCARD")
                 .arg(&key)
                 .query_async(con)
@@ -228,13 +234,7 @@ async fn ask(
         }
         WsQuery::GroupMembers(group) => {
             let key = keys::group(container, &group);
-            let (members,): (Vec<String>,) = redis::pipe()
-                .atomic()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(now)
-                .ignore()
+            let (members,): (Vec<String>,) = purged(&key, now)
                 .cmd("ZRANGE")
                 .arg(&key)
                 .arg(0)
