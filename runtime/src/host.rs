@@ -71,6 +71,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
             calls: config.max_queue,
             bytes: config.max_queue_bytes,
         },
+        store_redis: config.cluster.clone(),
     };
     let cluster = match &config.cluster {
         Some(url) => Some(crate::cluster::Cluster::new(url, &node.node_id)?),
@@ -98,10 +99,16 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         &config,
         registry.clone(),
         node.clone(),
+        cluster.as_ref(),
     ));
     mcm.restore().await;
     if let Some(c) = &cluster {
         c.start(&hub, Box::new(Containers(Arc::downgrade(&registry))));
+    }
+    if let Some(deploys) = mcm.deploys().cloned() {
+        // Catch up with the cluster's deploys before the port opens.
+        deploys.poll_once(&mcm).await;
+        tokio::spawn(crate::cluster::deploys::run(deploys, mcm.clone()));
     }
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let state = Arc::new(HostState {

@@ -182,6 +182,7 @@ fn main() {
                 10 << 20,
             )),
             queue: Default::default(),
+            store_redis: None,
         };
         let sup = Supervisor::start(spec.clone(), store.clone(), limits, Arc::new(NullEvents))
             .await

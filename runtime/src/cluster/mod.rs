@@ -11,6 +11,7 @@
 //! in [`presence`], Mesa's own protocol in [`mesa`], every key and channel in [`keys`].
 
 pub mod backplane;
+pub mod deploys;
 pub mod keys;
 mod link;
 pub mod mesa;

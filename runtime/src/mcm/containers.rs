@@ -4,6 +4,7 @@
 use super::error::{ApiError, ApiResult};
 use super::state::Mcm;
 use super::{images, persist, time};
+use crate::cluster::deploys::Served;
 use crate::registry::{base_path_for, Origin, RegistryError};
 
 /// What a start error's message begins with when the code did not load.
@@ -37,9 +38,9 @@ pub struct ContainerRecord {
 
 /// A record and, when it could not start at boot, why.
 #[derive(Debug, Clone)]
-struct Entry {
-    record: ContainerRecord,
-    error: Option<String>,
+pub(super) struct Entry {
+    pub(super) record: ContainerRecord,
+    pub(super) error: Option<String>,
 }
 
 /// The deployed containers of this node, by name.
@@ -58,19 +59,19 @@ impl Records {
         lock(&self.all).values().map(|e| e.record.clone()).collect()
     }
 
-    fn entries(&self) -> Vec<Entry> {
+    pub(super) fn entries(&self) -> Vec<Entry> {
         lock(&self.all).values().cloned().collect()
     }
 
-    fn get(&self, name: &str) -> Option<Entry> {
+    pub(super) fn get(&self, name: &str) -> Option<Entry> {
         lock(&self.all).get(name).cloned()
     }
 
-    fn put(&self, record: ContainerRecord, error: Option<String>) {
+    pub(super) fn put(&self, record: ContainerRecord, error: Option<String>) {
         lock(&self.all).insert(record.name.clone(), Entry { record, error });
     }
 
-    fn remove(&self, name: &str) {
+    pub(super) fn remove(&self, name: &str) {
         lock(&self.all).remove(name);
     }
 
@@ -88,11 +89,11 @@ fn records_dir(mcm: &Mcm) -> PathBuf {
     mcm.data.join("containers")
 }
 
-fn record_file(mcm: &Mcm, name: &str) -> PathBuf {
+pub(super) fn record_file(mcm: &Mcm, name: &str) -> PathBuf {
     records_dir(mcm).join(format!("{name}.json"))
 }
 
-fn save(mcm: &Mcm, record: &ContainerRecord) -> Result<(), ApiError> {
+pub(super) fn save(mcm: &Mcm, record: &ContainerRecord) -> Result<(), ApiError> {
     let value = serde_json::to_value(record).map_err(|e| ApiError::internal(e.to_string()))?;
     persist::write_json(&record_file(mcm, &record.name), &value)
         .map_err(|e| ApiError::internal(format!("cannot save container {}: {e}", record.name)))
@@ -141,7 +142,7 @@ pub fn check_base_path(base: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn spec_for(
+pub(super) fn spec_for(
     mcm: &Mcm,
     name: &str,
     image_id: &str,
@@ -170,6 +171,7 @@ fn view(mcm: &Mcm, entry: &Entry) -> Value {
         "id": r.id, "name": r.name, "image": r.image, "imageId": r.image_id, "env": r.env,
         "state": if running { "started" } else { "failed" },
         "created": r.created, "basePath": r.base_path, "source": "api",
+        "nodes": mcm.nodes_serving(&r.name),
     });
     if let (Some(e), false) = (&entry.error, running) {
         v["error"] = json!(e);
@@ -178,12 +180,25 @@ fn view(mcm: &Mcm, entry: &Entry) -> Value {
 }
 
 /// The JSON shown for a drop-in mim from the `mims/` folder.
-fn mims_view(c: &crate::registry::Container) -> Value {
+fn mims_view(mcm: &Mcm, c: &crate::registry::Container) -> Value {
     let spec = c.supervisor.spec();
     json!({
         "id": c.name, "name": c.name, "image": null, "imageId": null, "env": spec.env,
         "state": "started", "created": null, "basePath": c.base_path, "source": "mims",
+        "nodes": mcm.nodes_serving(&c.name),
     })
+}
+
+/// The JSON shown for a container only other nodes of the cluster serve as drop-in
+/// mims: what they said about it. (A deployed container has its record here, so
+/// what other nodes say about one without a record is only not yet refreshed.)
+fn remote_view(name: &str, nodes: &BTreeMap<String, Served>) -> Option<Value> {
+    let (_, first) = nodes.iter().find(|(_, s)| s.source == "mims")?;
+    Some(json!({
+        "id": name, "name": name, "image": null, "imageId": null, "env": first.env,
+        "state": "started", "created": null, "basePath": first.base_path,
+        "source": first.source, "nodes": nodes.keys().collect::<Vec<_>>(),
+    }))
 }
 
 /// Reads the `env` member: an object of strings (numbers and booleans are turned
@@ -258,6 +273,7 @@ pub async fn create(mcm: &Mcm, body: Value) -> ApiResult {
     let base_path = base_path_for(&name, &env);
     check_base_path(&base_path).map_err(ApiError::bad)?;
     let _ops = mcm.ops.lock().await;
+    mcm.check_cluster()?;
     if mcm.containers.get(&name).is_some() || mcm.registry.get(&name).is_some() {
         return Err(ApiError::conflict(format!(
             "a container named {name:?} already exists; PUT to update it"
@@ -307,6 +323,13 @@ pub async fn create(mcm: &Mcm, body: Value) -> ApiResult {
         mcm.registry.remove(&name).await;
         return Err(e);
     }
+    if let Some(deploys) = mcm.deploys() {
+        if let Err(e) = deploys.create_container(&record).await {
+            let _ = persist::remove_file(&record_file(mcm, &name));
+            mcm.registry.remove(&name).await;
+            return Err(super::replica::deploy_error(e));
+        }
+    }
     mcm.containers.put(record.clone(), None);
     tracing::info!(container = %name, "deployed image {} at {}", image.id, record.base_path);
     Ok((
@@ -330,8 +353,16 @@ pub fn list(mcm: &Mcm) -> (u16, Value) {
         .map(|e| view(mcm, e))
         .collect();
     for c in mcm.registry.list() {
-        if c.origin == Origin::MimsFolder {
-            data.push(mims_view(&c));
+        if c.origin == Origin::MimsFolder && mcm.containers.get(&c.name).is_none() {
+            data.push(mims_view(mcm, &c));
+        }
+    }
+    if let Some(deploys) = mcm.deploys() {
+        for (name, nodes) in deploys.served() {
+            let known = mcm.containers.get(&name).is_some() || mcm.registry.get(&name).is_some();
+            if !known {
+                data.extend(remote_view(&name, &nodes));
+            }
         }
     }
     data.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
@@ -373,7 +404,7 @@ pub fn get(mcm: &Mcm, id: &str) -> ApiResult {
         return Ok((200, view(mcm, &e)));
     }
     match mcm.registry.get(id) {
-        Some(c) if c.origin == Origin::MimsFolder => Ok((200, mims_view(&c))),
+        Some(c) if c.origin == Origin::MimsFolder => Ok((200, mims_view(mcm, &c))),
         _ => Err(no_container(id)),
     }
 }
@@ -391,6 +422,7 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
         some => Some(parse_env(some)?),
     };
     let _ops = mcm.ops.lock().await;
+    mcm.check_cluster()?;
     let entry = deployed(mcm, id)?;
     let mut record = entry.record.clone();
     let image = match &reference {
@@ -439,6 +471,14 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
     record.env = env;
     save(mcm, &record)?;
     mcm.containers.put(record.clone(), None);
+    if let Some(deploys) = mcm.deploys() {
+        // This node already runs the new code; when the cluster cannot record it, the
+        // next poll puts this node back in step with the cluster.
+        deploys.put_container(&record).await.map_err(|e| {
+            deploys.resync();
+            super::replica::deploy_error(e)
+        })?;
+    }
     tracing::info!(container = %record.name, "updated to image {}", image.id);
     Ok((
         200,
@@ -456,13 +496,35 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
 /// unless purged.
 pub async fn delete(mcm: &Mcm, id: &str, purge: bool) -> ApiResult {
     let _ops = mcm.ops.lock().await;
+    mcm.check_cluster()?;
     let entry = deployed(mcm, id)?;
     let name = entry.record.name.clone();
+    if let Some(deploys) = mcm.deploys() {
+        deploys
+            .drop_container(&name)
+            .await
+            .map_err(super::replica::deploy_error)?;
+    }
     persist::remove_file(&record_file(mcm, &name))
         .map_err(|e| ApiError::internal(format!("cannot remove the record of {name}: {e}")))?;
     mcm.containers.remove(&name);
     mcm.registry.remove(&name).await;
-    if purge {
+    if let (true, Some(url)) = (purge, mcm.redis.clone()) {
+        let purged = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || crate::store::RedisStore::purge(&url, &name)).await
+        };
+        match purged {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(ApiError::new(
+                    503,
+                    format!("container removed but its store remains: {e}"),
+                ))
+            }
+            Err(e) => return Err(ApiError::internal(format!("purge failed: {e}"))),
+        }
+    } else if purge {
         let store = crate::worker::store_dir(&mcm.data, &name);
         match std::fs::remove_dir_all(&store) {
             Ok(()) => {}

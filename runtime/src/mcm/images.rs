@@ -37,7 +37,7 @@ pub struct ImageMeta {
 
 /// The images of this node, mirrored from disk.
 pub struct ImageStore {
-    root: PathBuf,
+    pub(super) root: PathBuf,
     all: Mutex<BTreeMap<String, ImageMeta>>,
 }
 
@@ -127,19 +127,19 @@ impl ImageStore {
             .cloned()
     }
 
-    fn insert(&self, meta: ImageMeta) {
+    pub(super) fn insert(&self, meta: ImageMeta) {
         lock(&self.all).insert(meta.id.clone(), meta);
     }
 
-    fn remove(&self, id: &str) -> Option<ImageMeta> {
+    pub(super) fn remove(&self, id: &str) -> Option<ImageMeta> {
         lock(&self.all).remove(id)
     }
 
-    fn get(&self, id: &str) -> Option<ImageMeta> {
+    pub(super) fn get(&self, id: &str) -> Option<ImageMeta> {
         lock(&self.all).get(id).cloned()
     }
 
-    fn write_meta(&self, meta: &ImageMeta) -> Result<(), ApiError> {
+    pub(super) fn write_meta(&self, meta: &ImageMeta) -> Result<(), ApiError> {
         let value = serde_json::to_value(meta).map_err(|e| ApiError::internal(e.to_string()))?;
         persist::write_json(&self.root.join(&meta.id).join("meta.json"), &value)
             .map_err(|e| ApiError::internal(format!("cannot save image {}: {e}", meta.id)))
@@ -233,6 +233,7 @@ struct Upload {
 /// `POST /images`: multipart field `image` (and optional `name`), or a raw tar body
 /// with `?name=`.
 pub async fn upload(mcm: &Mcm, req: Request<Incoming>) -> ApiResult {
+    mcm.check_cluster()?;
     let upload = read_upload(mcm.max_image, req).await?;
     let limits = Limits::for_upload(mcm.max_image);
     let bytes = upload.bytes.clone();
@@ -281,27 +282,60 @@ pub async fn upload(mcm: &Mcm, req: Request<Incoming>) -> ApiResult {
                 .map_err(|e| ApiError::internal(format!("image write failed: {e}")))?
         }?;
         let _ops = mcm.ops.lock().await;
+        let before = mcm.images.list();
         if mcm.images.get(&id).is_none() {
-            let target = mcm.images.root.join(&id);
-            let _ = std::fs::remove_dir_all(&target);
-            std::fs::rename(&staged, &target)
-                .map_err(|e| ApiError::internal(format!("cannot store image {id}: {e}")))?;
-            persist::sync_dir(&mcm.images.root);
-            mcm.images.insert(meta);
+            adopt_staged(mcm, &staged, meta)?;
         } else {
             let _ = std::fs::remove_dir_all(&staged);
         }
         let meta = mcm.images.move_tags(&id, &tags)?;
+        publish(mcm, &before, &id, &upload.bytes).await?;
         tracing::info!(image = %id, "image {} uploaded ({} bytes)", meta.name, meta.size);
         return Ok((201, to_json(&meta)));
     }
     let _ops = mcm.ops.lock().await;
+    let before = mcm.images.list();
     let meta = mcm.images.move_tags(&id, &tags)?;
+    publish(mcm, &before, &id, &upload.bytes).await?;
     Ok((201, to_json(&meta)))
 }
 
+/// Records an upload in the cluster (`--cluster`): the image's tar and every image
+/// record it changed since `before` (tags move). When that fails this node has the
+/// image and the cluster not: the next poll makes this node match the cluster again.
+async fn publish(mcm: &Mcm, before: &[ImageMeta], id: &str, tar: &[u8]) -> Result<(), ApiError> {
+    let Some(deploys) = mcm.deploys() else {
+        return Ok(());
+    };
+    let changed: Vec<ImageMeta> = mcm
+        .images
+        .list()
+        .into_iter()
+        .filter(|m| m.id == id || !before.contains(m))
+        .collect();
+    deploys
+        .put_images(&changed, Some((id, tar)))
+        .await
+        .map_err(|e| {
+            deploys.resync();
+            super::replica::deploy_error(e)
+        })
+}
+
+/// Moves a staged image folder into place and lists the image (a leftover folder of
+/// the same id is replaced).
+pub(super) fn adopt_staged(mcm: &Mcm, staged: &Path, meta: ImageMeta) -> Result<(), ApiError> {
+    let target = mcm.images.root.join(&meta.id);
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(staged, &target)
+        .map_err(|e| ApiError::internal(format!("cannot store image {}: {e}", meta.id)))?;
+    persist::sync_dir(&mcm.images.root);
+    mcm.images.insert(meta);
+    Ok(())
+}
+
 /// Writes the files and meta.json into a fresh hidden folder; returns it.
-fn stage(
+pub(super) fn stage(
     root: &Path,
     meta: &ImageMeta,
     files: &BTreeMap<String, Vec<u8>>,
@@ -435,6 +469,20 @@ pub async fn delete(mcm: &Mcm, reference: &str) -> ApiResult {
             users.join(", ")
         )));
     }
+    mcm.check_cluster()?;
+    if let Some(deploys) = mcm.deploys() {
+        deploys
+            .drop_image(&meta.id)
+            .await
+            .map_err(super::replica::deploy_error)?;
+    }
+    remove_local(mcm, &meta)?;
+    tracing::info!(image = %meta.id, "image {} removed", meta.name);
+    Ok((200, to_json(&meta)))
+}
+
+/// Removes an image's folder and its place in the list.
+pub(super) fn remove_local(mcm: &Mcm, meta: &ImageMeta) -> Result<(), ApiError> {
     let dir = mcm.images.root.join(&meta.id);
     let trash = mcm.images.root.join(format!(".del-{}", meta.id));
     let _ = std::fs::remove_dir_all(&trash);
@@ -443,8 +491,7 @@ pub async fn delete(mcm: &Mcm, reference: &str) -> ApiResult {
     persist::sync_dir(&mcm.images.root);
     mcm.images.remove(&meta.id);
     let _ = std::fs::remove_dir_all(&trash);
-    tracing::info!(image = %meta.id, "image {} removed", meta.name);
-    Ok((200, to_json(&meta)))
+    Ok(())
 }
 
 #[cfg(test)]

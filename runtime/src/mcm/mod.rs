@@ -8,6 +8,7 @@ mod images;
 pub mod multipart;
 mod observe;
 mod persist;
+mod replica;
 pub mod state;
 pub mod tar_image;
 pub(crate) mod time;

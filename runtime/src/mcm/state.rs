@@ -20,12 +20,23 @@ pub struct Mcm {
     pub(super) containers: containers::Records,
     /// Serialises changes (create, update, delete) so records, disk and registry agree.
     pub(super) ops: tokio::sync::Mutex<()>,
+    /// The cluster's Redis URL (`--cluster`), where container stores live.
+    pub(super) redis: Option<String>,
+    /// The cluster's deploy state (`--cluster`): changes are recorded there.
+    pub(super) deploys: Option<Arc<crate::cluster::deploys::Deploys>>,
 }
 
 impl Mcm {
-    /// The MCM state kept under `config.data`; reads the images already there.
-    pub fn open(config: &Config, registry: Arc<Registry>, node: NodeFacts) -> Self {
+    /// The MCM state kept under `config.data`; reads the images already there. In a
+    /// cluster, changes are recorded in its Redis too.
+    pub fn open(
+        config: &Config,
+        registry: Arc<Registry>,
+        node: NodeFacts,
+        cluster: Option<&Arc<crate::cluster::Cluster>>,
+    ) -> Self {
         let images = images::ImageStore::open(&config.data);
+        let deploys = cluster.map(|c| Arc::new(crate::cluster::deploys::Deploys::new(c.clone())));
         Self {
             data: config.data.clone(),
             registry,
@@ -34,6 +45,8 @@ impl Mcm {
             images,
             containers: containers::Records::default(),
             ops: tokio::sync::Mutex::new(()),
+            redis: config.cluster.clone(),
+            deploys,
         }
     }
 

@@ -54,6 +54,8 @@ pub struct WorkerLimits {
     /// How many calls and bytes may queue for one worker (`--max-queue`,
     /// `--max-queue-bytes`); past it a request gets 503 and a session is closed 1008.
     pub queue: QueueLimits,
+    /// The cluster's Redis URL (`--cluster`): workers keep their stores there.
+    pub store_redis: Option<String>,
 }
 
 /// Where a worker's output goes besides HTTP answers: the hub, in practice.
@@ -390,9 +392,10 @@ impl Supervisor {
     async fn spawn_worker_inner(self: &Arc<Self>) -> Result<(), InvokeError> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let (child, stream) =
-            spawn::worker_process(self.limits.memory_bytes).map_err(|e| InvokeError::Spawn {
-                reason: e.to_string(),
-            })?;
+            spawn::worker_process(self.limits.memory_bytes, self.limits.store_redis.as_deref())
+                .map_err(|e| InvokeError::Spawn {
+                    reason: e.to_string(),
+                })?;
         let pid = child.id().unwrap_or(0);
         let (read, write) = stream.into_split();
         let (to_worker, rx) = mpsc::unbounded_channel();

@@ -1,14 +1,18 @@
 //! Starting a worker process: the same binary, `mimhost worker`, with one end of a
 //! socket pair on fd 3.
 
-use crate::worker::{IPC_FD, MEMORY_ENV};
+use crate::worker::{IPC_FD, MEMORY_ENV, REDIS_ENV};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-/// Spawns a worker; returns the child and the host's end of its socket.
-pub fn worker_process(memory_bytes: u64) -> std::io::Result<(Child, UnixStream)> {
+/// Spawns a worker; returns the child and the host's end of its socket. `redis` is
+/// the cluster's Redis URL, where the worker then keeps its store.
+pub fn worker_process(
+    memory_bytes: u64,
+    redis: Option<&str>,
+) -> std::io::Result<(Child, UnixStream)> {
     let (host_end, worker_end) = std::os::unix::net::UnixStream::pair()?;
     let worker_fd: OwnedFd = worker_end.into();
     let raw = worker_fd.as_raw_fd();
@@ -21,6 +25,10 @@ pub fn worker_process(memory_bytes: u64) -> std::io::Result<(Child, UnixStream)>
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    match redis {
+        Some(url) => command.env(REDIS_ENV, url),
+        None => command.env_remove(REDIS_ENV),
+    };
     // SAFETY: only async-signal-safe calls (dup2, fcntl, prctl) between fork and exec.
     unsafe {
         command.pre_exec(move || {

@@ -3,7 +3,7 @@
 
 use super::link::{Link, LinkClosed};
 use crate::ipc::{encode_into, FromWorker, ToWorker};
-use crate::store::SledStore;
+use crate::store::OpenStore;
 use mimhost_bindings::{
     ClientAnswer, ClientCall, ClientOp, HostApi, LogLevel, Storage, StorageError, WsAnswer, WsOp,
     WsQuery,
@@ -37,7 +37,7 @@ impl Storage for NoStore {
 /// Buffers a mim's output for the host, owns its store and the link to the host.
 pub struct WorkerHost {
     out: RefCell<Vec<u8>>,
-    store: OnceCell<Result<SledStore, NoStore>>,
+    store: OnceCell<Result<OpenStore, NoStore>>,
     link: RefCell<Link>,
     /// Id of the last outbound HTTP request (unique in this process, across hot swaps).
     outbound_ids: Cell<u64>,
@@ -54,11 +54,14 @@ impl WorkerHost {
         }
     }
 
-    /// Opens the store in `store_dir` unless open (a store that fails to open makes
-    /// every storage call throw, and the mim still serves).
-    pub fn open_store(&self, store_dir: &std::path::Path) {
-        self.store
-            .get_or_init(|| SledStore::open(store_dir).map_err(|e| NoStore(Cow::Owned(e.0))));
+    /// Opens container `name`'s store unless open: in `store_dir`, or in the cluster's
+    /// Redis when the host passed its URL in [`super::REDIS_ENV`]. A store that fails
+    /// to open makes every storage call throw, and the mim still serves.
+    pub fn open_store(&self, store_dir: &std::path::Path, name: &str) {
+        self.store.get_or_init(|| {
+            let redis = std::env::var(super::REDIS_ENV).ok();
+            OpenStore::open(store_dir, name, redis.as_deref()).map_err(|e| NoStore(Cow::Owned(e.0)))
+        });
     }
 
     /// Messages from the host (see [`Link::receive`]).

@@ -23,6 +23,8 @@ use std::time::Duration;
 pub const IPC_FD: i32 = 3;
 /// Env var carrying the memory limit in bytes.
 pub const MEMORY_ENV: &str = "MIMHOST_WORKER_MEMORY";
+/// Env var carrying the cluster's Redis URL: the worker's store is then in Redis.
+pub const REDIS_ENV: &str = "MIMHOST_WORKER_REDIS";
 /// Exit code of a worker that went over its memory limit.
 pub const EXIT_MEMORY: i32 = 86;
 /// Stack of the JavaScript thread: deep but legal recursion must not overflow it.
@@ -96,7 +98,7 @@ fn serve(stream: UnixStream) -> i32 {
                     return 0;
                 }
                 ToWorker::Load { spec, store_dir } => {
-                    host.open_store(&store_dir);
+                    host.open_store(&store_dir, &spec.name);
                     load(&host, spec, &mut loaded);
                 }
                 ToWorker::Ping { id } => host.send(&FromWorker::Pong { id }),
