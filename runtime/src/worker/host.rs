@@ -103,7 +103,7 @@ impl HostApi for WorkerHost {
         });
     }
 
-    fn http_chunk(&self, id: u64, chunk: String) {
+    fn http_chunk(&self, id: u64, chunk: Vec<u8>) {
         self.send(&FromWorker::HttpChunk { id, chunk });
     }
 
@@ -111,7 +111,7 @@ impl HostApi for WorkerHost {
         self.send(&FromWorker::HttpEnd { id });
     }
 
-    fn http_full(&self, id: u64, status: u16, headers: Vec<(String, String)>, body: String) {
+    fn http_full(&self, id: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>) {
         self.send(&FromWorker::HttpFull {
             id,
             status,

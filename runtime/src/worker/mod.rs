@@ -100,7 +100,7 @@ fn serve(stream: UnixStream) -> i32 {
                     load(&host, spec, &mut loaded);
                 }
                 ToWorker::Ping { id } => host.send(&FromWorker::Pong { id }),
-                ToWorker::Http { id, request } => handle_http(&host, &mut loaded, id, &request),
+                ToWorker::Http { id, request } => handle_http(&host, &mut loaded, id, request),
                 ToWorker::Ws { seq, event } => {
                     if let Some(l) = loaded.as_mut() {
                         guarded(&host, l, |isolate| isolate.handle_ws(&event));
@@ -175,7 +175,7 @@ fn guarded<R>(
 }
 
 /// Runs one HTTP request, answering 500 when the engine panics or nothing is loaded.
-fn handle_http(host: &Rc<WorkerHost>, loaded: &mut Option<Loaded>, id: u64, request: &HttpRequest) {
+fn handle_http(host: &Rc<WorkerHost>, loaded: &mut Option<Loaded>, id: u64, request: HttpRequest) {
     let answered = match loaded.as_mut() {
         Some(l) => guarded(host, l, |isolate| isolate.handle_http(id, request)).is_some(),
         None => false,
@@ -186,7 +186,7 @@ fn handle_http(host: &Rc<WorkerHost>, loaded: &mut Option<Loaded>, id: u64, requ
             id,
             status: 500,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: body.to_string(),
+            body: body.to_string().into_bytes(),
         });
     }
 }

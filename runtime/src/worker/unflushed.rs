@@ -16,7 +16,8 @@ pub fn fail_answers(mut out: Vec<u8>, error: &str) -> Vec<u8> {
     };
     let message = format!("the writes of this request were not stored: {error}");
     let body = serde_json::json!({"error": {"status": INSUFFICIENT_STORAGE, "message": message}})
-        .to_string();
+        .to_string()
+        .into_bytes();
     let mut failed = HashSet::new();
     let mut rewritten = Vec::with_capacity(out.capacity());
     for m in messages {
@@ -54,7 +55,7 @@ mod tests {
                 id: 1,
                 status: 200,
                 headers: vec![],
-                body: "ok".into(),
+                body: b"ok".to_vec(),
             },
             FromWorker::HttpStart {
                 id: 2,
@@ -63,12 +64,12 @@ mod tests {
             },
             FromWorker::HttpChunk {
                 id: 2,
-                chunk: "x".into(),
+                chunk: b"x".to_vec(),
             },
             FromWorker::HttpEnd { id: 2 },
             FromWorker::HttpChunk {
                 id: 9,
-                chunk: "earlier stream".into(),
+                chunk: b"earlier stream".to_vec(),
             },
             FromWorker::Done { seq: 4 },
         ] {
@@ -86,6 +87,7 @@ mod tests {
                     ..
                 } => {
                     assert_eq!((*i, *status), (id, 507));
+                    let body = String::from_utf8_lossy(body);
                     assert!(body.contains("No space left"), "{body}");
                 }
                 other => panic!("{other:?}"),
