@@ -324,8 +324,7 @@
   function bodyValue(body) {
     if (body === undefined || body === null) return '';
     if (typeof body === 'string' || isBytes(body)) return body;
-    var json = JSON.stringify(body);
-    return json === undefined ? String(body) : json;
+    return String(body);
   }
   function bodyLength(body) { return typeof body === 'string' ? body.length : body.byteLength; }
 
