@@ -6,4 +6,4 @@
 
 mod sled_store;
 
-pub use sled_store::SledStore;
+pub use sled_store::{Durability, SledStore};

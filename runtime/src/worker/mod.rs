@@ -4,6 +4,7 @@
 //! them, drives timers and promise jobs, and writes every answer of a turn back in one
 //! write. A watchdog thread ends the process when it grows past its memory limit.
 
+mod committer;
 mod host;
 mod link;
 mod unflushed;
@@ -79,9 +80,16 @@ struct Loaded {
 }
 
 /// The JavaScript thread's loop: take what the host sent, run it, run due timers,
-/// then send every answer of the turn in one write.
+/// then hand every answer of the turn to the committer (which sends them once the
+/// turn's writes are durable) and go on.
 fn serve(stream: UnixStream) -> i32 {
-    let host = Rc::new(WorkerHost::new(Link::new(stream)));
+    let Ok(writer) = stream.try_clone() else {
+        return 70;
+    };
+    let host = Rc::new(WorkerHost::new(
+        Link::new(stream),
+        committer::Committer::start(writer),
+    ));
     let mut loaded: Option<Loaded> = None;
     let mut next_timer: Option<Duration> = None;
     loop {
@@ -92,7 +100,7 @@ fn serve(stream: UnixStream) -> i32 {
         for message in messages {
             match message {
                 ToWorker::Shutdown => {
-                    let _ = host.flush();
+                    host.finish();
                     return 0;
                 }
                 ToWorker::Load { spec, store_dir } => {
