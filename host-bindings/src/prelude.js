@@ -247,13 +247,15 @@
       return seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     }).join('/');
     pattern = pattern.replace(/\/\(\.\*\)$/, '(?:/(.*))?');
-    return { regex: new RegExp('^' + pattern + '/?$'), names: names };
+    // A route without parameters or wildcard matches by string comparison (no regex
+    // run per request): the path itself, or it with one trailing slash.
+    return { regex: new RegExp('^' + pattern + '/?$'), names: names, literal: names.length ? null : src };
   }
   function addRoute(method) {
     return function (path, handler) {
       if (typeof handler !== 'function') throw new TypeError('app.' + method.toLowerCase() + '(' + path + ', handler): handler must be a function');
       var r = compileRoute(path);
-      routes.push({ method: method, regex: r.regex, names: r.names, handler: handler });
+      routes.push({ method: method, regex: r.regex, names: r.names, literal: r.literal, handler: handler });
       return G.app;
     };
   }
@@ -265,6 +267,10 @@
     for (var i = 0; i < routes.length; i++) {
       var r = routes[i];
       if (r.method !== '*' && r.method !== method) continue;
+      if (r.literal !== null) {
+        if (path === r.literal || path === r.literal + '/') return { handler: r.handler, params: {} };
+        continue;
+      }
       var m = r.regex.exec(path);
       if (!m) continue;
       var params = {};
@@ -449,7 +455,6 @@
    *  properties computed when read); route and mimik styles get it as it is. */
   function handleHttp(id, r) {
     var res = new Response(id), result, controller = false;
-    res._webSocket = !!r.webSocket;
     try {
       var route = matchRoute(r.method, r.path);
       if (route) { r.params = route.params; result = route.handler(r, res); }
@@ -462,6 +467,7 @@
           return;
         }
         controller = true;
+        res._webSocket = !!r.webSocket;
         result = handler.call(controllerExports(), controllerRequest(r));
       }
     } catch (e) {
