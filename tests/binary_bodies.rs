@@ -69,7 +69,15 @@ fn png() -> Vec<u8> {
     chunk(&mut out, b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, 8, 6, 0, 0, 0]);
     // zlib stream of one stored block: filter byte 0 + 4 bytes of pixel.
     let raw = [0u8, 0xff, 0x80, 0x00, 0xfe];
-    let mut idat = vec![0x78, 0x01, 0x01, raw.len() as u8, 0, !(raw.len() as u8), 0xff];
+    let mut idat = vec![
+        0x78,
+        0x01,
+        0x01,
+        raw.len() as u8,
+        0,
+        !(raw.len() as u8),
+        0xff,
+    ];
     idat.extend_from_slice(&raw);
     let (mut a, mut b) = (1u32, 0u32);
     for &x in &raw {

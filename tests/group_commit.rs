@@ -57,8 +57,7 @@ async fn every_acknowledged_write_survives_sigkill_during_a_burst() {
     }
     // Let the burst run until a good number of writes were acknowledged, then cut.
     let started = Instant::now();
-    while acknowledged.lock().unwrap().len() < 300 && started.elapsed() < Duration::from_secs(15)
-    {
+    while acknowledged.lock().unwrap().len() < 300 && started.elapsed() < Duration::from_secs(15) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     host.kill9();

@@ -162,8 +162,7 @@ impl SledStore {
         if let Some(bytes) = write {
             self.check_room(bytes)?;
         }
-        if (write.is_some() && self.failed.load(Ordering::SeqCst)) || self.open.borrow().is_none()
-        {
+        if (write.is_some() && self.failed.load(Ordering::SeqCst)) || self.open.borrow().is_none() {
             self.reopen()?;
         }
         let open = self.open.borrow();
