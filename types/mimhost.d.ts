@@ -23,8 +23,10 @@ declare namespace Mimhost {
     params: StringMap;
     query: StringMap;
     headers: StringMap;
-    /** The body as text (`""` when none). */
+    /** The body as text (`""` when none; invalid UTF-8 becomes U+FFFD). */
     body: string;
+    /** The body exactly as the client sent it (binary uploads). */
+    bodyBytes: Uint8Array;
     /** The `Authorization` header, or `""`. */
     authorization: string;
   }
@@ -39,9 +41,9 @@ declare namespace Mimhost {
     status(code: number): Response;
     writeHead(code: number, headers?: { [name: string]: string | string[] }): Response;
     /** Starts a streamed (chunked) answer and sends `chunk`. */
-    write(chunk: string | Uint8Array): void;
+    write(chunk: string | Uint8Array | ArrayBuffer): void;
     /** Finishes the answer; later calls are ignored. */
-    end(body?: string | Uint8Array): void;
+    end(body?: string | Uint8Array | ArrayBuffer): void;
     send(body: unknown): void;
     json(value: unknown): void;
   }
@@ -65,6 +67,8 @@ declare namespace Mimhost {
     headers: StringMap;
     cookies: StringMap;
     body: string;
+    /** The body exactly as the client sent it (binary uploads). */
+    bodyBytes: Uint8Array;
     remoteAddress: string;
     /** True for a WebSocket upgrade: return `{webSocket: …}` to accept it. */
     webSocket: boolean;

@@ -57,13 +57,13 @@ struct Host {
 
 impl HostApi for Host {
     fn http_start(&self, _: u64, _: u16, _: Vec<(String, String)>) {}
-    fn http_chunk(&self, _: u64, _: String) {}
+    fn http_chunk(&self, _: u64, _: Vec<u8>) {}
     fn http_end(&self, _: u64) {
         *self.answers.borrow_mut() += 1;
     }
-    fn http_full(&self, _: u64, status: u16, _: Vec<(String, String)>, body: String) {
+    fn http_full(&self, _: u64, status: u16, _: Vec<(String, String)>, body: Vec<u8>) {
         if status == 200 {
-            serde_json::from_str::<serde_json::Value>(&body).expect("an echoed body is JSON");
+            serde_json::from_slice::<serde_json::Value>(&body).expect("an echoed body is JSON");
         }
         *self.answers.borrow_mut() += 1;
     }
@@ -127,7 +127,7 @@ fn run(isolate: &mut Isolate, host: &Host, id: u64, input: &[u8]) {
         url: "/".into(),
         path: "/".into(),
         full_path: "/fuzz/".into(),
-        body: text.clone(),
+        body: text.clone().into_bytes(),
         ..HttpRequest::default()
     };
     isolate.handle_http(id, &request);

@@ -65,12 +65,12 @@ pub trait Storage {
 pub trait HostApi {
     /// Starts a streamed HTTP response (status and headers; chunks follow).
     fn http_start(&self, request: u64, status: u16, headers: Vec<(String, String)>);
-    /// One chunk of a streamed HTTP response.
-    fn http_chunk(&self, request: u64, chunk: String);
+    /// One chunk of a streamed HTTP response (bytes: a mim may send binary data).
+    fn http_chunk(&self, request: u64, chunk: Vec<u8>);
     /// Ends a streamed HTTP response.
     fn http_end(&self, request: u64);
-    /// A whole HTTP response at once.
-    fn http_full(&self, request: u64, status: u16, headers: Vec<(String, String)>, body: String);
+    /// A whole HTTP response at once (the body as bytes: text is sent as UTF-8).
+    fn http_full(&self, request: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>);
     /// Sends already-encoded text frames to every session of the dispatch channel, in order.
     fn dispatch(&self, frames: Vec<String>);
     /// Accepts a WebSocket upgrade: `get()` returned `{webSocket: {data, subProtocols}}`.

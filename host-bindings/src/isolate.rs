@@ -61,6 +61,7 @@ pub struct Isolate {
     run_timers: JsObject,
     outbound_http: JsObject,
     handle_client: JsObject,
+    request_proto: crate::request::RequestProto,
 }
 
 impl Isolate {
@@ -108,6 +109,7 @@ impl Isolate {
         let run_timers = function("runTimers", &mut context)?;
         let outbound_http = function("outboundHttp", &mut context)?;
         let handle_client = function("handleClient", &mut context)?;
+        let request_proto = crate::request::RequestProto::new(&mut context);
         Ok(Self {
             context,
             host,
@@ -117,12 +119,13 @@ impl Isolate {
             run_timers,
             outbound_http,
             handle_client,
+            request_proto,
         })
     }
 
     /// Runs one HTTP request; the answer reaches the host through [`HostApi`].
-    pub fn handle_http(&mut self, id: u64, request: &HttpRequest) {
-        let req = crate::request::request_object(request, &mut self.context);
+    pub fn handle_http(&mut self, id: u64, request: HttpRequest) {
+        let req = self.request_proto.object(request, &mut self.context);
         let result = self.handle_http.call(
             &JsValue::undefined(),
             &[JsValue::from(id as f64), req.into()],
@@ -130,8 +133,9 @@ impl Isolate {
         );
         if let Err(e) = result {
             let message = self.log_failure("request", &e);
-            let body =
-                serde_json::json!({"error": {"status": 500, "message": message}}).to_string();
+            let body = serde_json::json!({"error": {"status": 500, "message": message}})
+                .to_string()
+                .into_bytes();
             let headers = vec![("content-type".to_string(), "application/json".to_string())];
             self.host.http_full(id, 500, headers, body);
         }

@@ -194,7 +194,7 @@ fn http_start(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsVa
 fn http_chunk(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
     let (host, _) = bindings(ctx)?;
     let id = arg_id(args, 0, ctx)?;
-    host.http_chunk(id, arg_string(args, 1, ctx)?);
+    host.http_chunk(id, crate::bytes::body_bytes(args.get_or_undefined(1), ctx)?);
     Ok(JsValue::undefined())
 }
 
@@ -209,7 +209,7 @@ fn http_full(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsVal
     let id = arg_id(args, 0, ctx)?;
     let status = args.get_or_undefined(1).to_number(ctx)? as u16;
     let headers = header_pairs(args.get_or_undefined(2), ctx)?;
-    let body = arg_string(args, 3, ctx)?;
+    let body = crate::bytes::body_bytes(args.get_or_undefined(3), ctx)?;
     host.http_full(id, status, headers, body);
     Ok(JsValue::undefined())
 }

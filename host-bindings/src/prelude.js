@@ -247,13 +247,15 @@
       return seg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     }).join('/');
     pattern = pattern.replace(/\/\(\.\*\)$/, '(?:/(.*))?');
-    return { regex: new RegExp('^' + pattern + '/?$'), names: names };
+    // A route without parameters or wildcard matches by string comparison (no regex
+    // run per request): the path itself, or it with one trailing slash.
+    return { regex: new RegExp('^' + pattern + '/?$'), names: names, literal: names.length ? null : src };
   }
   function addRoute(method) {
     return function (path, handler) {
       if (typeof handler !== 'function') throw new TypeError('app.' + method.toLowerCase() + '(' + path + ', handler): handler must be a function');
       var r = compileRoute(path);
-      routes.push({ method: method, regex: r.regex, names: r.names, handler: handler });
+      routes.push({ method: method, regex: r.regex, names: r.names, literal: r.literal, handler: handler });
       return G.app;
     };
   }
@@ -265,6 +267,10 @@
     for (var i = 0; i < routes.length; i++) {
       var r = routes[i];
       if (r.method !== '*' && r.method !== method) continue;
+      if (r.literal !== null) {
+        if (path === r.literal || path === r.literal + '/') return { handler: r.handler, params: {} };
+        continue;
+      }
       var m = r.regex.exec(path);
       if (!m) continue;
       var params = {};
@@ -306,6 +312,7 @@
 
   // ---- HTTP ----------------------------------------------------------------------
   function sniffType(body) {
+    if (typeof body !== 'string') return 'application/octet-stream';
     var c = body.charAt(0);
     return c === '{' || c === '[' ? 'application/json' : 'text/plain; charset=utf-8';
   }
@@ -319,12 +326,13 @@
     }
     return list;
   }
-  function bodyText(body) {
+  // A body to send: a string, or bytes (Uint8Array / ArrayBuffer) sent as they are.
+  function bodyValue(body) {
     if (body === undefined || body === null) return '';
-    if (typeof body === 'string') return body;
-    if (body instanceof Uint8Array) return utf8.decode(body);
+    if (typeof body === 'string' || isBytes(body)) return body;
     return String(body);
   }
+  function bodyLength(body) { return typeof body === 'string' ? body.length : body.byteLength; }
 
   /** The `response` object of route style and mimik bundles. */
   function Response(id) {
@@ -347,8 +355,8 @@
       flushDispatches();
       host.httpStart(this._id, Number(this.statusCode) || 200, headerList(this._headers));
     }
-    var text = bodyText(chunk);
-    if (text.length) host.httpChunk(this._id, text);
+    var data = bodyValue(chunk);
+    if (bodyLength(data)) host.httpChunk(this._id, data);
     return true;
   };
   Response.prototype.end = function (body) {
@@ -360,13 +368,13 @@
       return;
     }
     this._done = true;
-    var text = bodyText(body);
-    if (this._headers['content-type'] === undefined && text.length) this._headers['content-type'] = sniffType(text);
+    var data = bodyValue(body);
+    if (this._headers['content-type'] === undefined && bodyLength(data)) this._headers['content-type'] = sniffType(data);
     flushDispatches();
-    host.httpFull(this._id, Number(this.statusCode) || 200, headerList(this._headers), text);
+    host.httpFull(this._id, Number(this.statusCode) || 200, headerList(this._headers), data);
   };
   Response.prototype.send = function (body) {
-    if (body !== null && typeof body === 'object' && !(body instanceof Uint8Array)) return this.json(body);
+    if (body !== null && typeof body === 'object' && !isBytes(body)) return this.json(body);
     this.end(body);
   };
   Response.prototype.json = function (value) {
@@ -396,12 +404,12 @@
     var headers = {};
     if (result.headers) Object.keys(result.headers).forEach(function (k) { headers[k.toLowerCase()] = result.headers[k]; });
     var body = result.body, type = result.contentType;
-    if (body !== undefined && body !== null && typeof body === 'object' && !(body instanceof Uint8Array)) {
+    if (body !== undefined && body !== null && typeof body === 'object' && !isBytes(body)) {
       body = JSON.stringify(body); type = type || 'application/json';
     }
-    body = bodyText(body);
+    body = bodyValue(body);
     if (type) headers['content-type'] = type;
-    else if (headers['content-type'] === undefined && body.length) headers['content-type'] = 'text/plain; charset=utf-8';
+    else if (headers['content-type'] === undefined && bodyLength(body)) headers['content-type'] = typeof body === 'string' ? 'text/plain; charset=utf-8' : 'application/octet-stream';
     this._headers = headers; this.statusCode = result.status === undefined ? 200 : Number(result.status);
     this.end(body);
   };
@@ -414,12 +422,6 @@
     });
     return out;
   }
-  function routeRequest(r, params) {
-    return {
-      method: r.method, url: r.url, path: r.path, params: params, query: r.query,
-      headers: r.headers, body: r.body, authorization: r.headers.authorization || ''
-    };
-  }
   function controllerRequest(r) {
     var params = Object.assign({}, r.query);
     var type = r.headers['content-type'] || '';
@@ -430,7 +432,7 @@
       method: r.method, scheme: r.scheme, host: r.host, port: r.port, path: r.fullPath,
       url: r.scheme + '://' + r.headers.host + r.fullPath + (r.url.indexOf('?') >= 0 ? r.url.slice(r.url.indexOf('?')) : ''),
       params: params, headers: r.headers, cookies: parseCookies(r.headers.cookie), body: r.body,
-      remoteAddress: r.remoteAddress, webSocket: !!r.webSocket, contextPath: mim.basePath
+      bodyBytes: r.bodyBytes, remoteAddress: r.remoteAddress, webSocket: !!r.webSocket, contextPath: mim.basePath
     };
   }
   function controllerExports() {
@@ -449,14 +451,14 @@
   }
   function isThenable(v) { return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof v.then === 'function'; }
 
-  /** Entry point: one HTTP request. `r` is the request as plain data from the host. */
+  /** Entry point: one HTTP request. `r` is the host's native request object (its
+   *  properties computed when read); route and mimik styles get it as it is. */
   function handleHttp(id, r) {
     var res = new Response(id), result, controller = false;
-    res._webSocket = !!r.webSocket;
     try {
       var route = matchRoute(r.method, r.path);
-      if (route) result = route.handler(routeRequest(r, route.params), res);
-      else if (typeof G.mimikModule.exports === 'function') result = G.mimikModule.exports(context, routeRequest(r, {}), res);
+      if (route) { r.params = route.params; result = route.handler(r, res); }
+      else if (typeof G.mimikModule.exports === 'function') { r.params = {}; result = G.mimikModule.exports(context, r, res); }
       else {
         var handler = controllerHandler(r.method);
         if (!handler) {
@@ -465,6 +467,7 @@
           return;
         }
         controller = true;
+        res._webSocket = !!r.webSocket;
         result = handler.call(controllerExports(), controllerRequest(r));
       }
     } catch (e) {

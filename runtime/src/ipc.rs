@@ -89,8 +89,9 @@ pub enum FromWorker {
     HttpChunk {
         /// Request id.
         id: u64,
-        /// The chunk.
-        chunk: String,
+        /// The chunk's bytes.
+        #[serde(with = "serde_bytes")]
+        chunk: Vec<u8>,
     },
     /// A streamed response ends.
     HttpEnd {
@@ -105,8 +106,9 @@ pub enum FromWorker {
         status: u16,
         /// Headers.
         headers: Vec<(String, String)>,
-        /// Body.
-        body: String,
+        /// Body bytes.
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
     },
     /// Text frames for every session of the container's dispatch channel.
     Dispatch {

@@ -1,7 +1,7 @@
 //! `ipc-cost`: what the process boundary costs per request.
 //!
 //! 1. in-process: `Isolate::load` with a do-nothing `HostApi`, then
-//!    `isolate.handle_http(id, &request)` in a loop — the JS alone;
+//!    `isolate.handle_http(id, request)` in a loop — the JS alone;
 //! 2. through a real worker: `Supervisor::start` (which spawns this same binary as
 //!    `ipc-cost worker`) and `.http(request, deadline)` awaited one at a time — IPC
 //!    framing, two process wake-ups and the JS;
@@ -55,11 +55,11 @@ impl Storage for NullStore {
 
 impl HostApi for NullHost {
     fn http_start(&self, _: u64, _: u16, _: Vec<(String, String)>) {}
-    fn http_chunk(&self, _: u64, _: String) {}
+    fn http_chunk(&self, _: u64, _: Vec<u8>) {}
     fn http_end(&self, _: u64) {
         self.answered.set(self.answered.get() + 1);
     }
-    fn http_full(&self, _: u64, _: u16, _: Vec<(String, String)>, _: String) {
+    fn http_full(&self, _: u64, _: u16, _: Vec<(String, String)>, _: Vec<u8>) {
         self.answered.set(self.answered.get() + 1);
     }
     fn dispatch(&self, _: Vec<String>) {}
@@ -113,7 +113,7 @@ fn hello_request() -> HttpRequest {
         full_path: "/hello/".into(),
         query: BTreeMap::new(),
         headers,
-        body: String::new(),
+        body: Vec::new(),
         scheme: "http".into(),
         host: "127.0.0.1".into(),
         port: 8083,
@@ -154,13 +154,14 @@ fn main() {
     let host = Rc::new(NullHost::default());
     let mut isolate = Isolate::load(&spec, host.clone()).expect("the mim loads");
     for i in 0..(iterations / 10).max(100) {
-        isolate.handle_http(i as u64, &request);
+        isolate.handle_http(i as u64, request.clone());
     }
     let in_process = Histogram::new();
     let started = now_ns();
     for i in 0..iterations {
+        let r = request.clone();
         let t0 = now_ns();
-        isolate.handle_http(i as u64, &request);
+        isolate.handle_http(i as u64, r);
         in_process.record(now_ns() - t0);
     }
     let in_process_total = now_ns() - started;

@@ -157,7 +157,7 @@ pub fn request_data(
         query: parse_query(query_text),
         remote_address: client_address(&headers, peer),
         headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: body.to_vec(),
         scheme: "http".into(),
         host,
         port,

@@ -9,7 +9,7 @@ mod redis_store;
 mod sled_store;
 
 pub use redis_store::{RedisStore, StoreKeys};
-pub use sled_store::SledStore;
+pub use sled_store::{Durability, SledStore};
 
 use mimhost_bindings::{Storage, StorageError};
 use std::path::Path;
@@ -32,12 +32,13 @@ impl OpenStore {
         }
     }
 
-    /// Makes every write so far durable. Redis acknowledges each write before the
-    /// call returns, so only the embedded store has anything to do here.
-    pub fn flush_if_dirty(&self) -> Result<(), StorageError> {
+    /// What the committer must flush before the answers of the writes made since the
+    /// last call may leave (group commit). Redis acknowledges each write before the
+    /// call returns, so only the embedded store has anything to hand over.
+    pub fn take_dirty(&self) -> Option<Durability> {
         match self {
-            Self::Sled(s) => s.flush_if_dirty(),
-            Self::Redis(_) => Ok(()),
+            Self::Sled(s) => s.take_dirty(),
+            Self::Redis(_) => None,
         }
     }
 

@@ -10,6 +10,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Page cache per store; the sled default (1 GiB) is far too big per container.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
@@ -62,7 +64,27 @@ pub struct SledStore {
     dir: PathBuf,
     open: RefCell<Option<Trees>>,
     dirty: Cell<bool>,
-    failed: Cell<bool>,
+    /// Set by a failed write or flush (from any thread): the next write reopens.
+    failed: Arc<AtomicBool>,
+}
+
+/// What makes the writes a store took so far durable, usable from another thread:
+/// the worker's committer flushes while the JavaScript thread goes on (group commit).
+pub struct Durability {
+    db: sled::Db,
+    failed: Arc<AtomicBool>,
+}
+
+impl Durability {
+    /// Flushes to disk every write made before this call (one `fsync` for all of
+    /// them); a failure marks the store for reopening.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(err)
+            .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> StorageError {
@@ -103,7 +125,7 @@ impl SledStore {
             dir: dir.to_path_buf(),
             open: RefCell::new(Some(trees)),
             dirty: Cell::new(false),
-            failed: Cell::new(false),
+            failed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -111,9 +133,23 @@ impl SledStore {
     pub fn flush_if_dirty(&self) -> Result<(), StorageError> {
         if self.dirty.replace(false) {
             self.with(None, |t| t.db.flush().map_err(err))
-                .inspect_err(|_| self.failed.set(true))?;
+                .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
         }
         Ok(())
+    }
+
+    /// When something was written since the last call (or flush), what makes it
+    /// durable from another thread; the store counts as clean afterwards.
+    pub fn take_dirty(&self) -> Option<Durability> {
+        if !self.dirty.replace(false) {
+            return None;
+        }
+        let open = self.open.borrow();
+        let db = open.as_ref()?.db.clone();
+        Some(Durability {
+            db,
+            failed: self.failed.clone(),
+        })
     }
 
     /// Runs `f` on the open trees. A write of `Some(bytes)` first checks there is
@@ -126,7 +162,7 @@ impl SledStore {
         if let Some(bytes) = write {
             self.check_room(bytes)?;
         }
-        if (write.is_some() && self.failed.get()) || self.open.borrow().is_none() {
+        if (write.is_some() && self.failed.load(Ordering::SeqCst)) || self.open.borrow().is_none() {
             self.reopen()?;
         }
         let open = self.open.borrow();
@@ -154,7 +190,7 @@ impl SledStore {
         drop(self.open.borrow_mut().take());
         let trees = Trees::open(&self.dir)?;
         *self.open.borrow_mut() = Some(trees);
-        self.failed.set(false);
+        self.failed.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -176,7 +212,7 @@ impl SledStore {
                 .map_err(|e| match e {
                     TransactionError::Abort(e) => e,
                     TransactionError::Storage(e) => {
-                        self.failed.set(true);
+                        self.failed.store(true, Ordering::SeqCst);
                         err(e)
                     }
                 })

@@ -1,6 +1,8 @@
 //! The worker's side of [`HostApi`]: everything a mim does becomes a frame in one
-//! outgoing buffer, written to the host in one go at the end of each turn.
+//! outgoing buffer, handed at the end of each turn to the committer, which writes it
+//! to the host once the turn's storage writes are durable.
 
+use super::committer::{Committer, Turn};
 use super::link::{Link, LinkClosed};
 use crate::ipc::{encode_into, FromWorker, ToWorker};
 use crate::store::OpenStore;
@@ -39,17 +41,20 @@ pub struct WorkerHost {
     out: RefCell<Vec<u8>>,
     store: OnceCell<Result<OpenStore, NoStore>>,
     link: RefCell<Link>,
+    committer: RefCell<Committer>,
     /// Id of the last outbound HTTP request (unique in this process, across hot swaps).
     outbound_ids: Cell<u64>,
 }
 
 impl WorkerHost {
-    /// A host over `link`; the store opens with the first load.
-    pub fn new(link: Link) -> Self {
+    /// A host reading through `link` and writing through `committer`; the store opens
+    /// with the first load.
+    pub fn new(link: Link, committer: Committer) -> Self {
         Self {
             out: RefCell::new(Vec::with_capacity(64 * 1024)),
             store: OnceCell::new(),
             link: RefCell::new(link),
+            committer: RefCell::new(committer),
             outbound_ids: Cell::new(0),
         }
     }
@@ -72,28 +77,30 @@ impl WorkerHost {
         self.link.borrow_mut().receive(timeout)
     }
 
-    /// Sends everything buffered (after making the store durable).
+    /// Hands everything buffered to the committer, which sends it once the store
+    /// writes made so far are durable (without waiting for that here).
     pub fn flush(&self) -> Result<(), LinkClosed> {
-        let out = self.take_output();
-        self.link.borrow_mut().write(&out)
+        let frames = std::mem::take(&mut *self.out.borrow_mut());
+        let durability = match self.store.get() {
+            Some(Ok(store)) => store.take_dirty(),
+            _ => None,
+        };
+        self.committer
+            .borrow()
+            .submit(Turn { frames, durability })
+            .map_err(|_| LinkClosed)
+    }
+
+    /// Sends everything buffered and waits until it is durable and written (the
+    /// worker is about to exit).
+    pub fn finish(&self) {
+        let _ = self.flush();
+        self.committer.borrow_mut().finish();
     }
 
     /// Queues a frame for the host.
     pub fn send(&self, message: &FromWorker) {
         encode_into(message, &mut self.out.borrow_mut());
-    }
-
-    /// Makes the store durable if this turn wrote to it, then hands over the buffered
-    /// frames: nothing leaves the worker before the writes it depends on are on disk.
-    pub fn take_output(&self) -> Vec<u8> {
-        if let Some(Ok(store)) = self.store.get() {
-            if let Err(e) = store.flush_if_dirty() {
-                self.log(LogLevel::Error, &format!("store flush failed: {e}"));
-                let out = std::mem::take(&mut *self.out.borrow_mut());
-                return super::unflushed::fail_answers(out, &e.0);
-            }
-        }
-        std::mem::take(&mut *self.out.borrow_mut())
     }
 }
 
@@ -106,7 +113,7 @@ impl HostApi for WorkerHost {
         });
     }
 
-    fn http_chunk(&self, id: u64, chunk: String) {
+    fn http_chunk(&self, id: u64, chunk: Vec<u8>) {
         self.send(&FromWorker::HttpChunk { id, chunk });
     }
 
@@ -114,7 +121,7 @@ impl HostApi for WorkerHost {
         self.send(&FromWorker::HttpEnd { id });
     }
 
-    fn http_full(&self, id: u64, status: u16, headers: Vec<(String, String)>, body: String) {
+    fn http_full(&self, id: u64, status: u16, headers: Vec<(String, String)>, body: Vec<u8>) {
         self.send(&FromWorker::HttpFull {
             id,
             status,

@@ -3,7 +3,7 @@
 
 use crate::ipc::{decode_frames, ToWorker};
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -21,7 +21,8 @@ pub struct Link {
 }
 
 impl Link {
-    /// Wraps the socket inherited from the host.
+    /// Wraps the socket inherited from the host (its reading half: the committer
+    /// writes).
     pub fn new(stream: UnixStream) -> Self {
         Self {
             stream,
@@ -29,14 +30,6 @@ impl Link {
             chunk: vec![0; 64 * 1024].into_boxed_slice(),
             backlog: VecDeque::new(),
         }
-    }
-
-    /// Writes bytes to the host.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), LinkClosed> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        self.stream.write_all(bytes).map_err(|_| LinkClosed)
     }
 
     /// Every message available now (waiting up to `timeout`, forever when `None`);

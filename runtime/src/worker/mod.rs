@@ -4,6 +4,7 @@
 //! them, drives timers and promise jobs, and writes every answer of a turn back in one
 //! write. A watchdog thread ends the process when it grows past its memory limit.
 
+mod committer;
 mod host;
 mod link;
 mod unflushed;
@@ -81,9 +82,16 @@ struct Loaded {
 }
 
 /// The JavaScript thread's loop: take what the host sent, run it, run due timers,
-/// then send every answer of the turn in one write.
+/// then hand every answer of the turn to the committer (which sends them once the
+/// turn's writes are durable) and go on.
 fn serve(stream: UnixStream) -> i32 {
-    let host = Rc::new(WorkerHost::new(Link::new(stream)));
+    let Ok(writer) = stream.try_clone() else {
+        return 70;
+    };
+    let host = Rc::new(WorkerHost::new(
+        Link::new(stream),
+        committer::Committer::start(writer),
+    ));
     let mut loaded: Option<Loaded> = None;
     let mut next_timer: Option<Duration> = None;
     loop {
@@ -94,7 +102,7 @@ fn serve(stream: UnixStream) -> i32 {
         for message in messages {
             match message {
                 ToWorker::Shutdown => {
-                    let _ = host.flush();
+                    host.finish();
                     return 0;
                 }
                 ToWorker::Load { spec, store_dir } => {
@@ -102,7 +110,7 @@ fn serve(stream: UnixStream) -> i32 {
                     load(&host, spec, &mut loaded);
                 }
                 ToWorker::Ping { id } => host.send(&FromWorker::Pong { id }),
-                ToWorker::Http { id, request } => handle_http(&host, &mut loaded, id, &request),
+                ToWorker::Http { id, request } => handle_http(&host, &mut loaded, id, request),
                 ToWorker::Ws { seq, event } => {
                     if let Some(l) = loaded.as_mut() {
                         guarded(&host, l, |isolate| isolate.handle_ws(&event));
@@ -177,7 +185,7 @@ fn guarded<R>(
 }
 
 /// Runs one HTTP request, answering 500 when the engine panics or nothing is loaded.
-fn handle_http(host: &Rc<WorkerHost>, loaded: &mut Option<Loaded>, id: u64, request: &HttpRequest) {
+fn handle_http(host: &Rc<WorkerHost>, loaded: &mut Option<Loaded>, id: u64, request: HttpRequest) {
     let answered = match loaded.as_mut() {
         Some(l) => guarded(host, l, |isolate| isolate.handle_http(id, request)).is_some(),
         None => false,
@@ -191,7 +199,7 @@ fn handle_http(host: &Rc<WorkerHost>, loaded: &mut Option<Loaded>, id: u64, requ
             id,
             status: 500,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: body.to_string(),
+            body: body.to_string().into_bytes(),
         });
     }
 }

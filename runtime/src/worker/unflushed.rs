@@ -15,7 +15,9 @@ pub fn fail_answers(mut out: Vec<u8>, error: &str) -> Vec<u8> {
         return out; // our own encoding: cannot happen; leave the turn as it was
     };
     let message = format!("the writes of this request were not stored: {error}");
-    let body = crate::http::body::error_value(INSUFFICIENT_STORAGE, &message).to_string();
+    let body = crate::http::body::error_value(INSUFFICIENT_STORAGE, &message)
+        .to_string()
+        .into_bytes();
     let mut failed = HashSet::new();
     let mut rewritten = Vec::with_capacity(out.capacity());
     for m in messages {
@@ -53,7 +55,7 @@ mod tests {
                 id: 1,
                 status: 200,
                 headers: vec![],
-                body: "ok".into(),
+                body: b"ok".to_vec(),
             },
             FromWorker::HttpStart {
                 id: 2,
@@ -62,12 +64,12 @@ mod tests {
             },
             FromWorker::HttpChunk {
                 id: 2,
-                chunk: "x".into(),
+                chunk: b"x".to_vec(),
             },
             FromWorker::HttpEnd { id: 2 },
             FromWorker::HttpChunk {
                 id: 9,
-                chunk: "earlier stream".into(),
+                chunk: b"earlier stream".to_vec(),
             },
             FromWorker::Done { seq: 4 },
         ] {
@@ -85,6 +87,7 @@ mod tests {
                     ..
                 } => {
                     assert_eq!((*i, *status), (id, 507));
+                    let body = String::from_utf8_lossy(body);
                     assert!(body.contains("No space left"), "{body}");
                 }
                 other => panic!("{other:?}"),

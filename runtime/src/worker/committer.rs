@@ -1,0 +1,107 @@
+//! Group commit: the thread that writes a worker's output to the host.
+//!
+//! The JavaScript thread ends each turn by handing its encoded frames over, with what
+//! makes the turn's storage writes durable when it wrote any, and goes on taking
+//! calls. This thread takes every turn that is waiting, makes all their writes
+//! durable with one flush, then writes their frames in order: no answer leaves before
+//! the writes it depends on (or any earlier turn's) are on disk — SPEC 7's promise —
+//! and one `fsync` covers many invocations under load.
+
+use crate::ipc::{encode_into, FromWorker};
+use crate::store::Durability;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+/// Turns that may wait for the committer before the JavaScript thread blocks.
+const MAX_WAITING_TURNS: usize = 1024;
+
+/// One turn's output.
+pub struct Turn {
+    /// The encoded frames, in order.
+    pub frames: Vec<u8>,
+    /// Set when the turn wrote to the store.
+    pub durability: Option<Durability>,
+}
+
+/// The JavaScript thread's end of the committer.
+pub struct Committer {
+    turns: Option<SyncSender<Turn>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The committer stopped: the host went away.
+#[derive(Debug)]
+pub struct CommitterGone;
+
+impl Committer {
+    /// Starts the thread writing to `stream`.
+    pub fn start(stream: UnixStream) -> Self {
+        let (tx, rx) = sync_channel(MAX_WAITING_TURNS);
+        let thread = std::thread::Builder::new()
+            .name("commit".into())
+            .spawn(move || commit(rx, stream))
+            .ok();
+        Self {
+            turns: thread.is_some().then_some(tx),
+            thread,
+        }
+    }
+
+    /// Hands a turn over (waiting when [`MAX_WAITING_TURNS`] already wait).
+    pub fn submit(&self, turn: Turn) -> Result<(), CommitterGone> {
+        if turn.frames.is_empty() && turn.durability.is_none() {
+            return Ok(());
+        }
+        self.turns
+            .as_ref()
+            .ok_or(CommitterGone)?
+            .send(turn)
+            .map_err(|_| CommitterGone)
+    }
+
+    /// Waits until everything handed over is durable and written.
+    pub fn finish(&mut self) {
+        drop(self.turns.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The committer's loop: group every waiting turn, flush once, write in order.
+fn commit(turns: Receiver<Turn>, mut stream: UnixStream) {
+    while let Ok(first) = turns.recv() {
+        let mut group = vec![first];
+        group.extend(turns.try_iter());
+        let mut out = Vec::new();
+        // The first flush makes every write so far durable; the others find nothing
+        // left to write (they only matter when the store was reopened in between).
+        let failure = group
+            .iter()
+            .filter_map(|t| t.durability.as_ref())
+            .find_map(|d| d.flush().err());
+        for turn in group {
+            match (&failure, turn.durability.is_some()) {
+                (Some(e), true) => {
+                    let mut log = Vec::new();
+                    encode_into(
+                        &FromWorker::Log {
+                            level: 3,
+                            message: format!("store flush failed: {e}"),
+                        },
+                        &mut log,
+                    );
+                    out.extend_from_slice(&log);
+                    out.extend_from_slice(&super::unflushed::fail_answers(turn.frames, &e.0));
+                }
+                _ => out.extend_from_slice(&turn.frames),
+            }
+        }
+        if stream.write_all(&out).is_err() {
+            // The host is gone: nothing more can be answered.
+            std::process::exit(0);
+        }
+    }
+}
