@@ -14,7 +14,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{mim_json, poll_until, Host, Mims};
+use support::redis::Redis;
+use support::{have, mim_json, poll_until, Host, Mims};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -55,106 +56,6 @@ exports.webSocketEvent = function (e) {
 "#;
 
 // ---------- Redis ----------
-
-/// A `redis-server` of this test, killed on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-/// Whether `program` is on PATH; missing under `CI=true` fails the test.
-fn have(program: &str, why: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{program} is needed for {why} (.ci/run installs it)"
-        );
-        eprintln!("skipped: {program} is not installed (needed for {why})");
-    }
-    found
-}
-
-impl Redis {
-    /// A fresh Redis on a free loopback port, or None (skip) without redis-server.
-    fn start() -> Option<Redis> {
-        if !have("redis-server", "the cluster tests") {
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = Redis {
-            child: None,
-            port,
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        redis.up();
-        Some(redis)
-    }
-
-    /// Starts (again) on the same port.
-    fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while self.cli(&["PING"]) != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Stops it (SIGKILL: whatever it held is gone, as after a crash).
-    fn down(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// One `redis-cli` command's output, trimmed.
-    fn cli(&self, args: &[&str]) -> String {
-        Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    }
-
-    /// The members of a set, sorted.
-    fn members(&self, key: &str) -> BTreeSet<String> {
-        self.cli(&["SMEMBERS", key])
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
 
 // ---------- nodes and clients ----------
 

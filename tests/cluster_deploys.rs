@@ -8,82 +8,12 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::redis::Redis;
 use support::{poll_until, send, Host, Mims, Reply, TOKEN};
 
 /// What SPEC 8 allows a deploy to take to reach every node.
 const PROPAGATION: Duration = Duration::from_secs(2);
-
-/// A `redis-server` without persistence on a free loopback port, stopped on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    /// Starts one, or returns `None` (printing why) when redis-server is missing
-    /// outside CI; under `CI=true` a missing redis-server fails the test.
-    fn start() -> Option<Redis> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "redis-server is missing: `apt-get install redis-server` (.ci/run does)"
-            );
-            eprintln!("skipped: redis-server is not installed (apt-get install redis-server)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = Redis { port, child: None };
-        redis.resume();
-        Some(redis)
-    }
-
-    /// `redis://127.0.0.1:PORT`.
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the server (its data is gone: no persistence).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server (again) on the same port and waits until it accepts.
-    fn resume(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A cluster node called `id` on `redis`, serving the drop-ins of `mims`.
 async fn node(redis: &Redis, mims: &Mims, id: &str) -> Host {
@@ -386,7 +316,7 @@ async fn losing_redis_makes_the_store_throw_and_it_recovers() {
         .assert_ok("ok");
     b.get("/kv/try-get").await.assert_ok("read 1");
 
-    redis.stop();
+    redis.down();
     // Writes throw an Error saying the store is unavailable; reads throw too (the
     // data is in Redis); the mim can catch it and the worker keeps serving.
     for host in [&a, &b] {
@@ -411,7 +341,7 @@ async fn losing_redis_makes_the_store_throw_and_it_recovers() {
     a.wait_for_log("deploys: the cluster's Redis is unavailable", PROPAGATION)
         .await;
 
-    redis.resume();
+    redis.up();
     // Both nodes write again without a restart (the worker reconnects).
     for host in [&a, &b] {
         until_served(host, "/kv/try-set", 200, "stored", Duration::from_secs(5)).await;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod proc;
+pub mod redis;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
@@ -459,4 +460,21 @@ pub fn loose_string(value: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// Whether `program` is on PATH; missing under `CI=true` fails the test.
+pub fn have(program: &str, why: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{program} is needed for {why} (.ci/run installs it)"
+        );
+        eprintln!("skipped: {program} is not installed (needed for {why})");
+    }
+    found
 }
