@@ -1,20 +1,19 @@
 //! What comes back from a worker: its frames read, decoded and handed to whoever
-//! waits (the caller of an invocation, the hub, the log, the outbound client), and
-//! what goes to it: the writer that batches queued messages into one write.
+//! waits (the caller of an invocation, the hub, the log, the outbound client).
+//! What goes to it is `writer.rs`.
 
 use super::call::{InvokeError, Part};
 use super::table::{Entry, Waiter};
 use super::{kill, lock, Live, Supervisor};
-use crate::ipc::{decode_frames, encode_into, FromWorker, ToWorker};
+use crate::ipc::{decode_frames, FromWorker, ToWorker};
 use crate::logs;
 use crate::ws::client::ClientEvents;
 use bytes::Bytes;
 use mimhost_bindings::OutboundHttpRequest;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::OwnedReadHalf;
 
 impl Supervisor {
     /// Reads the worker's frames until it exits, then fails what it left unanswered
@@ -219,24 +218,6 @@ impl Supervisor {
             }
         });
         in_flight.insert(id, task.abort_handle());
-    }
-}
-
-/// Drains the outgoing queue, batching everything queued into one write.
-pub(super) async fn write_frames(
-    mut write: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<ToWorker>,
-) {
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    while let Some(message) = rx.recv().await {
-        buffer.clear();
-        encode_into(&message, &mut buffer);
-        while let Ok(more) = rx.try_recv() {
-            encode_into(&more, &mut buffer);
-        }
-        if write.write_all(&buffer).await.is_err() {
-            return;
-        }
     }
 }
 

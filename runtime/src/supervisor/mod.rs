@@ -13,6 +13,7 @@ mod call;
 mod frames;
 mod spawn;
 mod table;
+mod writer;
 
 pub use call::{Call, InvokeError, Reply, ReplyStream};
 pub use table::QueueLimits;
@@ -128,7 +129,7 @@ impl Inbound {
 struct Live {
     generation: u64,
     pid: u32,
-    to_worker: mpsc::UnboundedSender<ToWorker>,
+    to_worker: Arc<writer::WorkerWriter>,
     kill_reason: Mutex<Option<String>>,
     /// Set when the host retired this worker on purpose and wants a replacement.
     replace: AtomicBool,
@@ -398,7 +399,7 @@ impl Supervisor {
                 })?;
         let pid = child.id().unwrap_or(0);
         let (read, write) = stream.into_split();
-        let (to_worker, rx) = mpsc::unbounded_channel();
+        let to_worker = writer::WorkerWriter::start(write);
         let live = Arc::new(Live {
             generation,
             pid,
@@ -410,7 +411,6 @@ impl Supervisor {
             checking: AtomicBool::new(false),
             exited: watch::Sender::new(false),
         });
-        tokio::spawn(frames::write_frames(write, rx));
         tokio::spawn(self.clone().read_frames(read, live.clone(), child));
         let (reply, verdict) = oneshot::channel();
         let load = Entry {

@@ -6,12 +6,18 @@
 //! durable with one flush, then writes their frames in order: no answer leaves before
 //! the writes it depends on (or any earlier turn's) are on disk — SPEC 7's promise —
 //! and one `fsync` covers many invocations under load.
+//!
+//! A turn that wrote nothing to the store while no earlier turn waits here has
+//! nothing to wait for: the JavaScript thread writes it itself, saving a thread
+//! hand-off on the path of a lone request.
 
 use crate::ipc::{encode_into, FromWorker};
 use crate::store::Durability;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// Turns that may wait for the committer before the JavaScript thread blocks.
@@ -29,6 +35,11 @@ pub struct Turn {
 pub struct Committer {
     turns: Option<SyncSender<Turn>>,
     thread: Option<JoinHandle<()>>,
+    /// The socket to the host, shared with the thread: whoever writes holds it.
+    stream: Arc<Mutex<UnixStream>>,
+    /// Turns handed over and not yet written; only this side raises it, only the
+    /// thread lowers it (after writing), so zero means every earlier turn is out.
+    waiting: Arc<AtomicUsize>,
 }
 
 /// The committer stopped: the host went away.
@@ -39,26 +50,35 @@ impl Committer {
     /// Starts the thread writing to `stream`.
     pub fn start(stream: UnixStream) -> Self {
         let (tx, rx) = sync_channel(MAX_WAITING_TURNS);
+        let stream = Arc::new(Mutex::new(stream));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (thread_stream, thread_waiting) = (stream.clone(), waiting.clone());
         let thread = std::thread::Builder::new()
             .name("commit".into())
-            .spawn(move || commit(rx, stream))
+            .spawn(move || commit(rx, &thread_stream, &thread_waiting))
             .ok();
         Self {
             turns: thread.is_some().then_some(tx),
             thread,
+            stream,
+            waiting,
         }
     }
 
-    /// Hands a turn over (waiting when [`MAX_WAITING_TURNS`] already wait).
+    /// Sends a turn: written here when it wrote nothing to the store and no earlier
+    /// turn waits, else handed to the thread (waiting when [`MAX_WAITING_TURNS`]
+    /// already wait).
     pub fn submit(&self, turn: Turn) -> Result<(), CommitterGone> {
         if turn.frames.is_empty() && turn.durability.is_none() {
             return Ok(());
         }
-        self.turns
-            .as_ref()
-            .ok_or(CommitterGone)?
-            .send(turn)
-            .map_err(|_| CommitterGone)
+        let turns = self.turns.as_ref().ok_or(CommitterGone)?;
+        if turn.durability.is_none() && self.waiting.load(Ordering::Acquire) == 0 {
+            let mut stream = self.stream.lock().map_err(|_| CommitterGone)?;
+            return stream.write_all(&turn.frames).map_err(|_| CommitterGone);
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        turns.send(turn).map_err(|_| CommitterGone)
     }
 
     /// Waits until everything handed over is durable and written.
@@ -71,10 +91,11 @@ impl Committer {
 }
 
 /// The committer's loop: group every waiting turn, flush once, write in order.
-fn commit(turns: Receiver<Turn>, mut stream: UnixStream) {
+fn commit(turns: Receiver<Turn>, stream: &Mutex<UnixStream>, waiting: &AtomicUsize) {
     while let Ok(first) = turns.recv() {
         let mut group = vec![first];
         group.extend(turns.try_iter());
+        let count = group.len();
         let mut out = Vec::new();
         // The first flush makes every write so far durable; the others find nothing
         // left to write (they only matter when the store was reopened in between).
@@ -99,9 +120,14 @@ fn commit(turns: Receiver<Turn>, mut stream: UnixStream) {
                 _ => out.extend_from_slice(&turn.frames),
             }
         }
-        if stream.write_all(&out).is_err() {
+        let written = match stream.lock() {
+            Ok(mut stream) => stream.write_all(&out).is_ok(),
+            Err(_) => false,
+        };
+        if !written {
             // The host is gone: nothing more can be answered.
             std::process::exit(0);
         }
+        waiting.fetch_sub(count, Ordering::AcqRel);
     }
 }
