@@ -91,8 +91,8 @@ struct ServeArgs {
     #[arg(long, env = "MIMHOST_MAX_QUEUE_BYTES", default_value = "64MiB", value_parser = parse_size)]
     max_queue_bytes: u64,
     /// How long a WebSocket session that just wrote lets the next frames of a burst
-    /// gather before it writes again (e.g. 4ms; 0 writes each as soon as it comes).
-    #[arg(long, env = "MIMHOST_WS_COALESCE", default_value = "4ms", value_parser = parse_duration)]
+    /// gather before it writes again (e.g. 20ms; 0 writes each as soon as it comes).
+    #[arg(long, env = "MIMHOST_WS_COALESCE", default_value = "20ms", value_parser = parse_duration)]
     ws_coalesce: Duration,
 }
 

@@ -45,7 +45,7 @@ pub struct Config {
 
 /// The default of [`Config::ws_coalesce`]: see docs/benchmarks.md, "CPU per delivered
 /// frame", for what it buys and costs.
-pub const DEFAULT_WS_COALESCE: Duration = Duration::from_millis(4);
+pub const DEFAULT_WS_COALESCE: Duration = Duration::from_millis(20);
 
 impl Default for Config {
     fn default() -> Self {

@@ -18,6 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use mimhost_bindings::WsEvent;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -233,11 +234,12 @@ impl Session {
                     // in one go (`Hub::coalesce`). In a burst this turns one `write`
                     // per frame (~7 µs of CPU each on loopback) into one per window;
                     // the first frame after a quiet spell still leaves at once.
-                    // Boxed: only a session in a burst holds the timer.
+                    // A message from the peer ends the window early, so a client
+                    // answering each reply (an echo loop) is not slowed by it.
                     let window = self.hub.coalesce();
                     if !window.is_zero() {
                         self.handle.mute();
-                        Box::pin(tokio::time::sleep(window)).await;
+                        self.gather(window).await;
                     }
                 }
                 Ok(_) => {
@@ -274,6 +276,20 @@ impl Session {
                 Poll::Pending => Poll::Pending,
             }
         })
+    }
+
+    /// Waits `window` (or until the peer sends something) while queued frames
+    /// gather. Boxed timer: only a session in a burst holds one.
+    async fn gather(&self, window: Duration) {
+        let mut timer = Box::pin(tokio::time::sleep(window));
+        std::future::poll_fn(|cx| {
+            if timer.as_mut().poll(cx).is_ready() || self.stream.poll_read_ready(cx).is_ready() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// Reads what the socket has now.
