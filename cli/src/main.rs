@@ -90,6 +90,10 @@ struct ServeArgs {
     /// Most bytes of bodies and messages queued for one container (e.g. 64MiB).
     #[arg(long, env = "MIMHOST_MAX_QUEUE_BYTES", default_value = "64MiB", value_parser = parse_size)]
     max_queue_bytes: u64,
+    /// How long a WebSocket session that just wrote lets the next frames of a burst
+    /// gather before it writes again (e.g. 20ms; 0 writes each as soon as it comes).
+    #[arg(long, env = "MIMHOST_WS_COALESCE", default_value = "20ms", value_parser = parse_duration)]
+    ws_coalesce: Duration,
 }
 
 impl From<ServeArgs> for Config {
@@ -110,6 +114,7 @@ impl From<ServeArgs> for Config {
             max_message: a.max_message as usize,
             max_queue: a.max_queue,
             max_queue_bytes: a.max_queue_bytes as usize,
+            ws_coalesce: a.ws_coalesce,
         }
     }
 }

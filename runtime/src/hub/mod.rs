@@ -215,6 +215,9 @@ pub struct Hub {
     /// Each container's recent log lines: workers report through the hub (it is
     /// their [`WorkerEvents`]), the MCM API and the console read them here.
     pub logs: Arc<crate::logs::LogBook>,
+    /// How long a session lets a burst's frames gather between writes, in µs (see
+    /// [`Hub::coalesce`]).
+    coalesce_us: AtomicU64,
 }
 
 impl Hub {
@@ -232,7 +235,21 @@ impl Hub {
             stats: RwLock::default(),
             emptied: tokio::sync::Notify::new(),
             logs: Arc::default(),
+            coalesce_us: AtomicU64::new(crate::config::DEFAULT_WS_COALESCE.as_micros() as u64),
         }
+    }
+
+    /// Sets how long a session that just wrote queued frames waits before it looks at
+    /// its queue again (`--ws-coalesce`; zero: write as soon as frames come).
+    pub fn set_coalesce(&self, window: Duration) {
+        let us = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+        self.coalesce_us.store(us, Ordering::Relaxed);
+    }
+
+    /// The window a session lets frames gather in after a write, so a burst's frames
+    /// leave in one `writev` per window instead of one `write` each.
+    pub fn coalesce(&self) -> Duration {
+        Duration::from_micros(self.coalesce_us.load(Ordering::Relaxed))
     }
 
     /// A session id unique across nodes (node id) and restarts (start time).

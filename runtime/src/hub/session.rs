@@ -136,6 +136,14 @@ impl SessionHandle {
         self.wakes.swap(0, Ordering::AcqRel)
     }
 
+    /// For the session's task, while it lets a burst's frames gather before its next
+    /// write: forgets its waker, so the dispatches queued meanwhile only set a flag
+    /// instead of each rescheduling the task (the task reads the flags when it looks
+    /// again, through [`SessionHandle::take_wakes`]).
+    pub fn mute(&self) {
+        drop(self.waker.take());
+    }
+
     /// Asks the session's task to ping its peer (or reap it if it stayed silent).
     pub fn ping(&self) {
         self.wake(wake::PING);
@@ -347,6 +355,17 @@ mod tests {
         out.clear();
         assert_eq!(h.take_batch(&mut out, 1 << 20), None);
         assert_eq!(h.queue.lock().capacity(), 0);
+    }
+
+    #[test]
+    fn a_muted_session_keeps_its_flags_for_the_next_look() {
+        let h = handle();
+        let waker = futures_util::task::noop_waker();
+        assert_eq!(h.take_wakes(&waker), 0);
+        h.mute();
+        assert!(h.enqueue(&[Bytes::from_static(b"x")]));
+        h.ping();
+        assert_eq!(h.take_wakes(&waker), wake::QUEUED | wake::PING);
     }
 
     #[test]
