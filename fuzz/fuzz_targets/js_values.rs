@@ -130,7 +130,7 @@ fn run(isolate: &mut Isolate, host: &Host, id: u64, input: &[u8]) {
         body: text.clone().into_bytes(),
         ..HttpRequest::default()
     };
-    isolate.handle_http(id, &request);
+    isolate.handle_http(id, request);
     assert_eq!(*host.answers.borrow(), before + 1, "every request is answered");
     // The session's `data` is JSON text the host made from what `get()` returned.
     let data = serde_json::from_str::<serde_json::Value>(&text)
