@@ -546,6 +546,26 @@ pub async fn delete(mcm: &Mcm, id: &str, purge: bool) -> ApiResult {
     Ok((200, v))
 }
 
+/// Starts a deployed container's record on this node (at boot, or when another node
+/// deployed it): `None` when it runs, else why not, to keep with the record.
+pub(super) async fn start_record(mcm: &Mcm, record: &ContainerRecord) -> Option<String> {
+    if mcm.images.resolve(&record.image_id).is_none() {
+        return Some(format!("its image {} is not on this node", record.image_id));
+    }
+    let spec = spec_for(
+        mcm,
+        &record.name,
+        &record.image_id,
+        &record.env,
+        &record.base_path,
+    );
+    mcm.registry
+        .start(spec, Origin::Deployed)
+        .await
+        .err()
+        .map(|e| e.to_string())
+}
+
 /// Starts every container recorded under `<data>/containers/`.
 pub async fn restore(mcm: &Mcm) {
     let Ok(dir) = std::fs::read_dir(records_dir(mcm)) else {
@@ -569,22 +589,7 @@ pub async fn restore(mcm: &Mcm) {
         }
     }
     let starts = records.into_iter().map(|record| async move {
-        let error = if mcm.images.resolve(&record.image_id).is_none() {
-            Some(format!("its image {} is gone", record.image_id))
-        } else {
-            let spec = spec_for(
-                mcm,
-                &record.name,
-                &record.image_id,
-                &record.env,
-                &record.base_path,
-            );
-            mcm.registry
-                .start(spec, Origin::Deployed)
-                .await
-                .err()
-                .map(|e| e.to_string())
-        };
+        let error = start_record(mcm, &record).await;
         match &error {
             None => tracing::info!(container = %record.name, "restored at {}", record.base_path),
             Some(e) => tracing::error!(container = %record.name, "not restored: {e}"),

@@ -2,7 +2,7 @@
 //! containers match the cluster's state read from Redis ([`crate::cluster::deploys`]),
 //! recording its own MCM changes there, and telling which nodes serve what.
 
-use super::containers::{record_file, save, spec_for};
+use super::containers::{record_file, save, spec_for, start_record};
 use super::tar_image::{self, Limits};
 use super::{images, persist, ApiError, ContainerRecord, ImageMeta, Mcm};
 use crate::cluster::deploys::{DeployError, Deploys, Served, Snapshot};
@@ -223,16 +223,7 @@ impl Mcm {
             }
             self.registry.remove(name).await;
         }
-        let error = if self.images.get(&record.image_id).is_none() {
-            Some(format!("its image {} is not on this node", record.image_id))
-        } else {
-            let spec = spec_for(self, name, &record.image_id, &record.env, &record.base_path);
-            self.registry
-                .start(spec, Origin::Deployed)
-                .await
-                .err()
-                .map(|e| e.to_string())
-        };
+        let error = start_record(self, record).await;
         match &error {
             None => tracing::info!(container = %name, "deploys: started at {}", record.base_path),
             Some(e) => tracing::error!(container = %name, "deploys: not started here: {e}"),
