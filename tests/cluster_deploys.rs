@@ -184,7 +184,9 @@ async fn deploys_reach_every_node_and_late_nodes_catch_up() {
     }
     let again = deploy_greeter(&d, "v3", reqwest::Method::POST).await;
     assert_eq!(again.status, 201, "{again:?}");
-    until_served(&a, "/greeter/version", 200, "v3 ", PROPAGATION).await;
+    for n in [&a, &b, &c] {
+        until_served(n, "/greeter/version", 200, "v3 ", PROPAGATION).await;
+    }
     a.get("/greeter/note").await.assert_ok("kept");
 
     // A purge through A deletes its data in Redis for every node.
@@ -201,11 +203,19 @@ async fn deploys_reach_every_node_and_late_nodes_catch_up() {
     }
     let fresh = deploy_greeter(&b, "v4", reqwest::Method::POST).await;
     assert_eq!(fresh.status, 201, "{fresh:?}");
-    until_served(&c, "/greeter/version", 200, "v4 ", PROPAGATION).await;
+    for n in [&a, &c, &d] {
+        until_served(n, "/greeter/version", 200, "v4 ", PROPAGATION).await;
+    }
     c.get("/greeter/note").await.assert_ok("null");
-    let last = mcm(&c, reqwest::Method::DELETE, "/containers/greeter", None).await;
+    // A change through one node is judged at once on another, before it polls: a
+    // name freed through C can be taken through D, and deleted through A.
+    let freed = mcm(&c, reqwest::Method::DELETE, "/containers/greeter", None).await;
+    assert_eq!(freed.status, 200, "{freed:?}");
+    let taken = deploy_greeter(&d, "v5", reqwest::Method::POST).await;
+    assert_eq!(taken.status, 201, "{taken:?}");
+    let last = mcm(&a, reqwest::Method::DELETE, "/containers/greeter", None).await;
     assert_eq!(last.status, 200, "{last:?}");
-    for n in [&a, &b, &d] {
+    for n in [&b, &c, &d] {
         until_served(n, "/greeter/version", 404, "", PROPAGATION).await;
     }
     let list = mcm(&a, reqwest::Method::GET, "/containers", None)

@@ -336,14 +336,34 @@ impl Deploys {
     /// One poll: presence, then the deploy state when its version moved.
     async fn poll(&self, mcm: &Mcm) -> Result<(), DeployError> {
         self.refresh_presence(mcm.served_here()).await?;
-        let version: Option<u64> = self
-            .call(CALL_TIMEOUT, |mut c| async move { c.get(VERSION).await })
-            .await?;
-        let applied = *lock(&self.applied);
-        if applied.is_some() && applied == Some(version.unwrap_or(0)) {
+        let version = self.version().await?;
+        if self.applied() == Some(version.unwrap_or(0)) {
             return Ok(());
         }
         let _ops = mcm.lock_changes().await;
+        self.catch_up(mcm).await
+    }
+
+    /// The cluster's deploy version; `None` when nothing was ever deployed.
+    async fn version(&self) -> Result<Option<u64>, DeployError> {
+        self.call(CALL_TIMEOUT, |mut c| async move { c.get(VERSION).await })
+            .await
+    }
+
+    /// The version this node last made its containers match.
+    fn applied(&self) -> Option<u64> {
+        *lock(&self.applied)
+    }
+
+    /// Makes this node match the cluster's deploy state when its version moved since
+    /// the last poll (call with [`Mcm::lock_changes`] held). An MCM change runs it
+    /// first, so a node that has not polled yet judges a change against what the
+    /// cluster has, not what it had (a name just freed elsewhere is free here too).
+    pub async fn catch_up(&self, mcm: &Mcm) -> Result<(), DeployError> {
+        let applied = self.applied();
+        if applied.is_some() && applied == Some(self.version().await?.unwrap_or(0)) {
+            return Ok(());
+        }
         let (version, snapshot) = self.snapshot().await?;
         if version.is_none() {
             // Nothing was ever deployed in this cluster: this node's own images and

@@ -273,7 +273,7 @@ pub async fn create(mcm: &Mcm, body: Value) -> ApiResult {
     let base_path = base_path_for(&name, &env);
     check_base_path(&base_path).map_err(ApiError::bad)?;
     let _ops = mcm.ops.lock().await;
-    mcm.check_cluster()?;
+    mcm.in_step_with_cluster().await?;
     if mcm.containers.get(&name).is_some() || mcm.registry.get(&name).is_some() {
         return Err(ApiError::conflict(format!(
             "a container named {name:?} already exists; PUT to update it"
@@ -422,7 +422,7 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
         some => Some(parse_env(some)?),
     };
     let _ops = mcm.ops.lock().await;
-    mcm.check_cluster()?;
+    mcm.in_step_with_cluster().await?;
     let entry = deployed(mcm, id)?;
     let mut record = entry.record.clone();
     let image = match &reference {
@@ -496,7 +496,7 @@ pub async fn update(mcm: &Mcm, id: &str, body: Value) -> ApiResult {
 /// unless purged.
 pub async fn delete(mcm: &Mcm, id: &str, purge: bool) -> ApiResult {
     let _ops = mcm.ops.lock().await;
-    mcm.check_cluster()?;
+    mcm.in_step_with_cluster().await?;
     let entry = deployed(mcm, id)?;
     let name = entry.record.name.clone();
     if let Some(deploys) = mcm.deploys() {

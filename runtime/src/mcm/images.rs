@@ -457,6 +457,7 @@ pub fn no_image(reference: &str) -> ApiError {
 /// `DELETE /images/{id}`: 409 while a container uses it.
 pub async fn delete(mcm: &Mcm, reference: &str) -> ApiResult {
     let _ops = mcm.ops.lock().await;
+    mcm.in_step_with_cluster().await?;
     let meta = mcm
         .images
         .resolve(reference)
@@ -469,7 +470,6 @@ pub async fn delete(mcm: &Mcm, reference: &str) -> ApiResult {
             users.join(", ")
         )));
     }
-    mcm.check_cluster()?;
     if let Some(deploys) = mcm.deploys() {
         deploys
             .drop_image(&meta.id)

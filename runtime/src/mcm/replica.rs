@@ -32,6 +32,18 @@ impl Mcm {
         }
     }
 
+    /// Refuses an MCM change (503) while the cluster's Redis is unavailable, then
+    /// brings this node in step with the cluster's deploys, so the change is judged
+    /// against the cluster's state even when this node has not polled since another
+    /// node's change (call with [`Mcm::lock_changes`] held).
+    pub(super) async fn in_step_with_cluster(&self) -> Result<(), ApiError> {
+        self.check_cluster()?;
+        match &self.deploys {
+            Some(d) => d.catch_up(self).await.map_err(deploy_error),
+            None => Ok(()),
+        }
+    }
+
     /// Holds off MCM calls while the cluster's state is applied (and the other way
     /// round).
     pub async fn lock_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
