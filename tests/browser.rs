@@ -162,8 +162,8 @@ async fn chromium_chats_in_two_tabs_and_receives_dispatched_events() {
 
 /// The web console in Chromium: sign in (a wrong token is refused), see the example
 /// mims, deploy a `.js` by drop, see its log line live, hot swap it by drop, remove
-/// it, deploy a folder's tar by drop; the container page's screenshot is kept as
-/// `docs/img/console.png`.
+/// it, deploy a folder's tar by drop; the container page's screenshot is checked
+/// (and kept as `docs/img/console.png` with `MIMHOST_UPDATE_SCREENSHOT=1`).
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_runs_the_web_console_from_sign_in_to_remove() {
     if !can_run() {
@@ -174,7 +174,14 @@ async fn chromium_runs_the_web_console_from_sign_in_to_remove() {
         copy_repo_mim(&mims, name);
     }
     let host = support::Host::start(&mims.path()).await;
-    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img/console.png");
+    // The screenshot lands in a temporary folder, so a test run leaves the tree
+    // clean; `MIMHOST_UPDATE_SCREENSHOT=1` writes it over the docs' picture.
+    let shots = tempfile::TempDir::new().expect("temp dir");
+    let screenshot = if std::env::var_os("MIMHOST_UPDATE_SCREENSHOT").is_some() {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img/console.png")
+    } else {
+        shots.path().join("console.png")
+    };
     std::fs::create_dir_all(screenshot.parent().expect("docs/img")).expect("create docs/img");
     let shot = screenshot.display().to_string();
     // A folder mim packed into an image, for the tar drop.
