@@ -366,3 +366,23 @@ async fn losing_redis_makes_the_store_throw_and_it_recovers() {
     let up = upload(&a, "late", image_tar(&versioned("v1"))).await;
     assert_eq!(up.status, 201, "{up:?}");
 }
+
+/// A drop-in mim one node serves from its own `mims/` folder is listed by every
+/// node, and `GET /containers/{name}` on another node shows it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_in_of_one_node_is_shown_by_every_node() {
+    let Some(redis) = Redis::start() else { return };
+    let with = Mims::from_files(&[("local.js", "app.get('/', (q, r) => r.end('here'));")]);
+    let without = Mims::new();
+    let a = node(&redis, &with, "node-a").await;
+    let b = node(&redis, &without, "node-b").await;
+    listed_once(&b, "local", &["node-a"]).await;
+    let one = mcm(&b, reqwest::Method::GET, "/containers/local", None).await;
+    assert_eq!(one.status, 200, "{one:?}");
+    let one = one.json();
+    assert_eq!(one["source"], "mims", "{one}");
+    assert_eq!(one["nodes"], serde_json::json!(["node-a"]), "{one}");
+    a.get("/local/").await.assert_ok("here");
+    let missing = mcm(&b, reqwest::Method::GET, "/containers/nothing", None).await;
+    assert_eq!(missing.status, 404, "{missing:?}");
+}

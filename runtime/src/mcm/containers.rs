@@ -405,8 +405,15 @@ pub fn get(mcm: &Mcm, id: &str) -> ApiResult {
     }
     match mcm.registry.get(id) {
         Some(c) if c.origin == Origin::MimsFolder => Ok((200, mims_view(mcm, &c))),
-        _ => Err(no_container(id)),
+        _ => remote_drop_in(mcm, id).ok_or_else(|| no_container(id)),
     }
+}
+
+/// A drop-in mim only other nodes of the cluster serve, as `GET /containers`
+/// lists it.
+fn remote_drop_in(mcm: &Mcm, id: &str) -> Option<(u16, Value)> {
+    let served = mcm.deploys()?.served();
+    remote_view(id, served.get(id)?).map(|v| (200, v))
 }
 
 /// `PUT /containers/{id}` `{image?, env?}`: hot swap; a failed load keeps the old code.
