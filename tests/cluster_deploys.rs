@@ -386,3 +386,45 @@ async fn a_drop_in_of_one_node_is_shown_by_every_node() {
     let missing = mcm(&b, reqwest::Method::GET, "/containers/nothing", None).await;
     assert_eq!(missing.status, 404, "{missing:?}");
 }
+
+/// Two containers created at the same moment through two nodes, with different
+/// names but one base path: the cluster takes one and refuses the other (409), and
+/// every node serves the one it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_base_path_is_taken_once_across_the_cluster() {
+    let Some(redis) = Redis::start() else { return };
+    let mims = Mims::new();
+    let a = node(&redis, &mims, "node-a").await;
+    let b = node(&redis, &mims, "node-b").await;
+    let up = upload(&a, "greeter", image_tar(&versioned("v1"))).await;
+    assert_eq!(up.status, 201, "{up:?}");
+    for n in [&a, &b] {
+        let seen = poll_until(PROPAGATION, || async {
+            let images = mcm(n, reqwest::Method::GET, "/images", None).await.json();
+            (images["data"].as_array().map(Vec::len) == Some(1)).then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "the image did not reach {}", n.addr());
+    }
+    let body = |name: &str| {
+        format!(r#"{{"name":"{name}","image":"greeter","env":{{"MCM.BASE_API_PATH":"/shared"}}}}"#)
+    };
+    let (left, right) = (body("left"), body("right"));
+    let (first, second) = tokio::join!(
+        mcm(&a, reqwest::Method::POST, "/containers", Some(&left)),
+        mcm(&b, reqwest::Method::POST, "/containers", Some(&right)),
+    );
+    let mut statuses = [first.status, second.status];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{first:?}\n{second:?}");
+    let loser = if first.status == 409 { &first } else { &second };
+    eprintln!("refused: {}", loser.body);
+    assert!(loser.body.contains("/shared"), "{loser:?}");
+    for n in [&a, &b] {
+        until_served(n, "/shared/version", 200, "v1 ", PROPAGATION).await;
+    }
+    let list = mcm(&b, reqwest::Method::GET, "/containers", None)
+        .await
+        .json();
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
+}

@@ -50,9 +50,15 @@ fn serving_key(node: &str) -> String {
     format!("mimhost:deploys:serving:{node}")
 }
 
-/// Records a new container unless its name is taken; answers the new version, or -1.
+/// Records a new container unless its name or its base path (ARGV[3]) is taken:
+/// answers the new version, -1 for a taken name, or the name holding the base path.
 const CREATE: &str = r"
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return -1 end
+for _, json in ipairs(redis.call('HVALS', KEYS[1])) do
+  local ok, other = pcall(cjson.decode, json)
+  if ok and type(other) == 'table' and other.basePath == ARGV[3] then return other.name end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return redis.call('INCR', KEYS[2])
 ";
 
@@ -65,6 +71,14 @@ pub enum DeployError {
     /// Another node recorded a container of that name first.
     #[error("a container named {0:?} already exists in the cluster; PUT to update it")]
     Taken(String),
+    /// Another node recorded a container at that base path first.
+    #[error("base path {path} is already used by container {other:?} in the cluster")]
+    BasePathTaken {
+        /// The base path asked for.
+        path: String,
+        /// The container that has it.
+        other: String,
+    },
 }
 
 impl From<redis::RedisError> for DeployError {
@@ -201,21 +215,27 @@ impl Deploys {
     /// Records a new container; [`DeployError::Taken`] when the name is in use.
     pub async fn create_container(&self, record: &ContainerRecord) -> Result<(), DeployError> {
         let json = to_json(record);
-        let version: i64 = self
+        let answer: redis::Value = self
             .call(CALL_TIMEOUT, |mut c| async move {
                 self.create
                     .key(CONTAINERS)
                     .key(VERSION)
                     .arg(&record.name)
                     .arg(json)
+                    .arg(&record.base_path)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        if version < 0 {
-            return Err(DeployError::Taken(record.name.clone()));
+        match answer {
+            redis::Value::Int(v) if v < 0 => Err(DeployError::Taken(record.name.clone())),
+            redis::Value::Int(_) => Ok(()),
+            other => Err(DeployError::BasePathTaken {
+                path: record.base_path.clone(),
+                other: redis::from_redis_value::<String>(other)
+                    .unwrap_or_else(|_| "another container".to_string()),
+            }),
         }
-        Ok(())
     }
 
     /// Records a changed container (hot swap).
@@ -394,7 +414,7 @@ impl Deploys {
         }
         for record in mcm.deployed() {
             match self.create_container(&record).await {
-                Ok(()) | Err(DeployError::Taken(_)) => {}
+                Ok(()) | Err(DeployError::Taken(_) | DeployError::BasePathTaken { .. }) => {}
                 Err(e) => return Err(e),
             }
         }

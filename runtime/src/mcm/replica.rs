@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The MCM answer for a change the cluster could not record.
 pub(super) fn deploy_error(e: DeployError) -> ApiError {
     match e {
-        DeployError::Taken(_) => ApiError::conflict(e.to_string()),
+        DeployError::Taken(_) | DeployError::BasePathTaken { .. } => {
+            ApiError::conflict(e.to_string())
+        }
         DeployError::Unavailable(_) => ApiError::new(503, e.to_string()),
     }
 }
