@@ -5,6 +5,7 @@
 //! isolated by construction and reads never cross the process boundary. With
 //! `--cluster` the worker opens a [`RedisStore`] instead, shared by every node.
 
+mod redis_mirror;
 mod redis_store;
 mod sled_store;
 

@@ -7,18 +7,23 @@
 //! - `mimhost:store:{NAME}:order`: sorted set key → seq (iteration, oldest first);
 //! - `mimhost:store:{NAME}:data`: hash key → value;
 //! - `mimhost:store:{NAME}:tagof`: hash key → its tag;
-//! - `mimhost:store:{NAME}:tag:TAG`: sorted set key → seq, one per tag.
+//! - `mimhost:store:{NAME}:tag:TAG`: sorted set key → seq, one per tag;
+//! - `mimhost:store:{NAME}:ver`: the store's version, bumped by every write (for this
+//!   node's copy, [`super::redis_mirror`]).
 //!
 //! Every write is one Lua script, so it is atomic, and it returns only once Redis has
 //! applied it: the worker's answer leaves after its writes are acknowledged. The
 //! worker calls it synchronously (storage calls are synchronous JavaScript calls)
-//! over one blocking connection. When Redis cannot be reached every call throws an
-//! Error saying the store is unavailable; the connection is tried again after a
-//! back-off, so the store works again when Redis returns, without a restart.
+//! over one blocking connection. When Redis cannot be reached the store is read-only
+//! (SPEC 8): writes throw an Error saying the store is unavailable, reads answer from
+//! this node's copy; the connection is tried again after a back-off, so the store
+//! works again when Redis returns, without a restart.
 
+use super::redis_mirror::{self, Mirror, Write};
 use mimhost_bindings::{Storage, StorageError};
 use redis::{Client, Connection, RedisError, Script};
 use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a connect may take before the call fails.
@@ -33,7 +38,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const READ_CHUNK: usize = 500;
 
 /// Sets a value, giving a new key the next sequence number and keeping an existing
-/// key's; with a tag (ARGV[4] = '1') it moves the key to that tag.
+/// key's; with a tag (ARGV[4] = '1') it moves the key to that tag. Answers the key's
+/// sequence number and the store's new version.
 const SET: &str = r"
 local key, value, tag, tagged, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local seq = redis.call('ZSCORE', KEYS[2], key)
@@ -50,10 +56,10 @@ if tagged == '1' then
   end
 end
 redis.call('HSET', KEYS[3], key, value)
-return 1
+return { tonumber(seq), redis.call('INCR', KEYS[5]) }
 ";
 
-/// Removes one key from the order, the data and its tag.
+/// Removes one key from the order, the data and its tag; answers the new version.
 const REMOVE: &str = r"
 local key, prefix = ARGV[1], ARGV[2]
 redis.call('ZREM', KEYS[1], key)
@@ -63,10 +69,10 @@ if old then
   redis.call('ZREM', prefix .. old, key)
   redis.call('HDEL', KEYS[3], key)
 end
-return 1
+return redis.call('INCR', KEYS[4])
 ";
 
-/// Removes every key of one tag; returns how many went.
+/// Removes every key of one tag; answers how many went and the new version.
 const REMOVE_BY_TAG: &str = r"
 local keys = redis.call('ZRANGE', KEYS[4], 0, -1)
 for _, k in ipairs(keys) do
@@ -75,7 +81,7 @@ for _, k in ipairs(keys) do
   redis.call('HDEL', KEYS[3], k)
 end
 redis.call('DEL', KEYS[4])
-return #keys
+return { #keys, redis.call('INCR', KEYS[5]) }
 ";
 
 /// Every key of an order set (all items, or one tag's) with its value, oldest first,
@@ -108,7 +114,7 @@ for _, t in ipairs(tags) do
     redis.call('DEL', ARGV[1] .. t)
   end
 end
-return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 ";
 
 /// The key names of one container's store.
@@ -119,6 +125,7 @@ pub struct StoreKeys {
     data: String,
     tag_of: String,
     tag_prefix: String,
+    version: String,
 }
 
 impl StoreKeys {
@@ -131,11 +138,28 @@ impl StoreKeys {
             data: format!("{base}data"),
             tag_of: format!("{base}tagof"),
             tag_prefix: format!("{base}tag:"),
+            version: format!("{base}ver"),
         }
     }
 
     fn tag(&self, tag: &str) -> String {
         format!("{}{tag}", self.tag_prefix)
+    }
+
+    pub(super) fn order(&self) -> &str {
+        &self.order
+    }
+
+    pub(super) fn data(&self) -> &str {
+        &self.data
+    }
+
+    pub(super) fn tag_of(&self) -> &str {
+        &self.tag_of
+    }
+
+    pub(super) fn version(&self) -> &str {
+        &self.version
     }
 }
 
@@ -171,12 +195,30 @@ pub struct RedisStore {
     backoff: Cell<Duration>,
     /// Why the last connect failed, repeated while backing off.
     last_error: RefCell<String>,
+    /// This node's copy, read while Redis is away.
+    mirror: Arc<Mirror>,
+}
+
+/// Why a call to Redis failed.
+enum Failure {
+    /// Redis cannot be reached: reads may answer from the copy.
+    Unreachable(StorageError),
+    /// Redis answered with an error.
+    Answered(StorageError),
+}
+
+impl From<Failure> for StorageError {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Unreachable(e) | Failure::Answered(e) => e,
+        }
+    }
 }
 
 /// The error every call throws while Redis cannot be reached.
 fn unavailable(reason: &str) -> StorageError {
     StorageError(format!(
-        "the store is unavailable: Redis cannot be reached ({reason}); storage calls fail until it is back"
+        "the store is unavailable: Redis cannot be reached ({reason}); the store is read-only until it is back"
     ))
 }
 
@@ -187,10 +229,18 @@ fn connection_lost(e: &RedisError) -> bool {
 }
 
 impl RedisStore {
-    /// The store of container `name` in the Redis at `url`. Nothing is connected
-    /// yet: a worker started while Redis is down serves, and its store works once
-    /// Redis is up. Fails only on a URL that is not a Redis URL.
+    /// The store of container `name` in the Redis at `url`, with this node's copy
+    /// kept in step by a thread of its own. Nothing is connected yet: a worker
+    /// started while Redis is down serves, and its store works once Redis is up.
+    /// Fails only on a URL that is not a Redis URL.
     pub fn open(url: &str, name: &str) -> Result<Self, StorageError> {
+        let store = Self::unmirrored(url, name)?;
+        redis_mirror::spawn_refresher(store.client.clone(), store.keys.clone(), &store.mirror);
+        Ok(store)
+    }
+
+    /// The store without a refresher (for a purge).
+    fn unmirrored(url: &str, name: &str) -> Result<Self, StorageError> {
         let client = Client::open(url)
             .map_err(|e| StorageError(format!("the cluster's Redis URL is not usable: {e}")))?;
         Ok(Self {
@@ -201,6 +251,7 @@ impl RedisStore {
             retry_at: Cell::new(None),
             backoff: Cell::new(FIRST_BACKOFF),
             last_error: RefCell::new(String::new()),
+            mirror: Arc::default(),
         })
     }
 
@@ -240,16 +291,13 @@ impl RedisStore {
     /// (Redis restarted, say) is replaced and the call tried once more on the new
     /// one; every call here is idempotent (set, remove, reads), except that a
     /// repeated `removeItemsByTag` would count what the first attempt left.
-    fn run<T>(
-        &self,
-        op: impl Fn(&mut Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, StorageError> {
+    fn run<T>(&self, op: impl Fn(&mut Connection) -> redis::RedisResult<T>) -> Result<T, Failure> {
         let mut slot = self.conn.borrow_mut();
         let reused = slot.is_some();
         for attempt in 0..2 {
             let mut con = match slot.take() {
                 Some(c) => c,
-                None => self.connect()?,
+                None => self.connect().map_err(Failure::Unreachable)?,
             };
             match op(&mut con) {
                 Ok(v) => {
@@ -258,21 +306,37 @@ impl RedisStore {
                 }
                 Err(e) if connection_lost(&e) => {
                     if !(reused && attempt == 0) {
-                        return Err(self.failed(&e));
+                        return Err(Failure::Unreachable(self.failed(&e)));
                     }
                 }
                 Err(e) => {
                     *slot = Some(con);
-                    return Err(StorageError(format!("storage error from Redis: {e}")));
+                    return Err(Failure::Answered(StorageError(format!(
+                        "storage error from Redis: {e}"
+                    ))));
                 }
             }
         }
-        Err(unavailable(&self.last_error.borrow()))
+        Err(Failure::Unreachable(unavailable(&self.last_error.borrow())))
+    }
+
+    /// A read: from Redis, or from this node's copy while Redis cannot be reached
+    /// (the Error stays when the copy was never filled).
+    fn read_or_copy<T>(
+        &self,
+        op: impl Fn(&mut Connection) -> redis::RedisResult<T>,
+        from_copy: impl FnOnce(&Mirror) -> Option<T>,
+    ) -> Result<T, StorageError> {
+        match self.run(op) {
+            Ok(v) => Ok(v),
+            Err(Failure::Unreachable(e)) => from_copy(&self.mirror).ok_or(e),
+            Err(f) => Err(f.into()),
+        }
     }
 
     /// Deletes every key of container `name`'s store in the Redis at `url`.
     pub fn purge(url: &str, name: &str) -> Result<(), StorageError> {
-        let store = Self::open(url, name)?;
+        let store = Self::unmirrored(url, name)?;
         let keys = &store.keys;
         let script = Script::new(PURGE);
         store.run(|c| {
@@ -281,21 +345,30 @@ impl RedisStore {
                 .key(&keys.order)
                 .key(&keys.data)
                 .key(&keys.tag_of)
+                .key(&keys.version)
                 .arg(&keys.tag_prefix)
                 .invoke::<i64>(c)
         })?;
         Ok(())
     }
 
-    fn read(&self, order_key: &str) -> Result<Vec<(String, String)>, StorageError> {
-        let flat: Vec<String> = self.run(|c| {
+    fn read(&self, tag: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
+        let order_key = match tag {
+            None => self.keys.order.clone(),
+            Some(t) => self.keys.tag(t),
+        };
+        let flat: Vec<String> = match self.run(|c| {
             self.scripts
                 .items
-                .key(order_key)
+                .key(&order_key)
                 .key(&self.keys.data)
                 .arg(READ_CHUNK)
                 .invoke(c)
-        })?;
+        }) {
+            Ok(flat) => flat,
+            Err(Failure::Unreachable(e)) => return self.mirror.items(tag).ok_or(e),
+            Err(f) => return Err(f.into()),
+        };
         let mut out = Vec::with_capacity(flat.len() / 2);
         let mut it = flat.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -307,63 +380,75 @@ impl RedisStore {
 
 impl Storage for RedisStore {
     fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
-        self.run(|c| redis::cmd("HGET").arg(&self.keys.data).arg(key).query(c))
+        self.read_or_copy(
+            |c| redis::cmd("HGET").arg(&self.keys.data).arg(key).query(c),
+            |copy| copy.get(key),
+        )
     }
 
     /// A rewrite keeps the key's age; `setItem` (no tag) keeps an existing tag.
     fn set(&self, key: &str, value: &str, tag: Option<&str>) -> Result<(), StorageError> {
         let k = &self.keys;
-        self.run(|c| {
+        let (seq, version): (i64, i64) = self.run(|c| {
             self.scripts
                 .set
                 .key(&k.seq)
                 .key(&k.order)
                 .key(&k.data)
                 .key(&k.tag_of)
+                .key(&k.version)
                 .arg(key)
                 .arg(value)
                 .arg(tag.unwrap_or(""))
                 .arg(if tag.is_some() { "1" } else { "0" })
                 .arg(&k.tag_prefix)
-                .invoke::<i64>(c)
+                .invoke(c)
         })?;
+        let write = Write::Set {
+            key,
+            value,
+            seq,
+            tag,
+        };
+        self.mirror.applied(version, write);
         Ok(())
     }
 
     fn remove(&self, key: &str) -> Result<(), StorageError> {
         let k = &self.keys;
-        self.run(|c| {
+        let version: i64 = self.run(|c| {
             self.scripts
                 .remove
                 .key(&k.order)
                 .key(&k.data)
                 .key(&k.tag_of)
+                .key(&k.version)
                 .arg(key)
                 .arg(&k.tag_prefix)
-                .invoke::<i64>(c)
+                .invoke(c)
         })?;
+        self.mirror.applied(version, Write::Remove { key });
         Ok(())
     }
 
     fn items(&self, tag: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
-        match tag {
-            None => self.read(&self.keys.order),
-            Some(t) => self.read(&self.keys.tag(t)),
-        }
+        self.read(tag)
     }
 
     fn remove_by_tag(&self, tag: &str) -> Result<usize, StorageError> {
         let k = &self.keys;
         let tag_key = k.tag(tag);
-        let count: i64 = self.run(|c| {
+        let (count, version): (i64, i64) = self.run(|c| {
             self.scripts
                 .remove_by_tag
                 .key(&k.order)
                 .key(&k.data)
                 .key(&k.tag_of)
                 .key(&tag_key)
+                .key(&k.version)
                 .invoke(c)
         })?;
+        self.mirror.applied(version, Write::RemoveTag { tag });
         Ok(usize::try_from(count).unwrap_or(0))
     }
 }
