@@ -325,6 +325,45 @@ async fn a_killed_node_leaves_no_ghosts_after_10_s() {
     );
 }
 
+/// A killed node's client ids leave Mesa's set even when no surviving node has a
+/// session in that namespace (the survivors reap every namespace, not only theirs).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_nodes_client_ids_go_where_no_survivor_has_sessions() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some(redis) = Redis::start() else { return };
+    let (_mims, mut hosts) = nodes(&redis, 2).await;
+    let (_b, idb) = session(&hosts[1]).await;
+    room(
+        &hosts[1],
+        json!({ "calls": [["setClientId", [idb, "zed"]]] }),
+    )
+    .await;
+    let want = BTreeSet::from(["zed".to_string()]);
+    let bound = poll_until(WAIT, || async {
+        (redis.members("connected_clients_room") == want).then_some(())
+    })
+    .await;
+    assert!(
+        bound.is_some(),
+        "{:?}",
+        redis.members("connected_clients_room")
+    );
+
+    hosts[1].kill9();
+    let gone = poll_until(Duration::from_secs(10), || async {
+        redis
+            .members("connected_clients_room")
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "ghost client ids 10 s after kill -9: {:?}",
+        redis.members("connected_clients_room")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_redis_keeps_local_delivery_and_recovers_without_duplicates() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -393,6 +432,9 @@ async fn losing_redis_keeps_local_delivery_and_recovers_without_duplicates() {
     );
     let log = hosts[0].stderr();
     assert_eq!(log.matches("lost Redis").count(), 1, "{log}");
+    // One error in the log for the loss (SPEC 8); the rest are warnings.
+    let errors = log.lines().filter(|l| l.contains(" ERROR ")).count();
+    assert_eq!(errors, 1, "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -74,3 +74,7 @@ pub fn group(container: &str, group: &str) -> String {
 
 /// The sorted set of live nodes (member = node id, scored by expiry, ms).
 pub const NODES: &str = "mimhost:nodes";
+
+/// The set of Mesa namespaces in which some mimhost session ever bound a client id:
+/// survivors reap a dead node's ids in every one of them, not only in those they use.
+pub const MESA_NAMESPACES: &str = "mimhost:mesa:namespaces";

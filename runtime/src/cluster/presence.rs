@@ -9,7 +9,6 @@ use super::{keys, now_ms, Cluster};
 use crate::hub::{PresenceChange, SessionPresence};
 use mimhost_bindings::{WsAnswer, WsQuery};
 use redis::aio::ConnectionManager;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ pub const EXPIRY: Duration = Duration::from_secs(7);
 const BIND: &str = r"
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[4])
 local kept = redis.call('HGET', KEYS[3], ARGV[3])
 if kept then redis.call('HDEL', KEYS[3], ARGV[3]) end
 return kept
@@ -139,9 +139,11 @@ async fn apply(
                 .key(keys::holders(namespace, &client))
                 .key(keys::connected_clients(namespace))
                 .key(keys::undelivered_messages(namespace))
+                .key(keys::MESA_NAMESPACES)
                 .arg(&session)
                 .arg(expiry())
                 .arg(&client)
+                .arg(namespace)
                 .invoke_async(con)
                 .await?;
             if let (Some(kept), Some(cluster)) = (kept, cluster.upgrade()) {
@@ -241,7 +243,7 @@ async fn ask(
                 .arg(-1)
                 .query_async(con)
                 .await?;
-            let sorted: BTreeSet<String> = members.into_iter().collect();
+            let sorted: std::collections::BTreeSet<String> = members.into_iter().collect();
             Ok(WsAnswer::Members(sorted.into_iter().collect()))
         }
         WsQuery::SessionExists(id) => {
@@ -316,7 +318,6 @@ async fn refresh(
         .arg(until)
         .arg(cluster.node_id())
         .ignore();
-    let mut namespaces = BTreeSet::new();
     for s in snapshot {
         let namespace = cluster.namespace(&s.container);
         pipe.cmd("ZADD")
@@ -341,11 +342,19 @@ async fn refresh(
                 .arg(keys::connected_clients(&namespace))
                 .arg(client)
                 .ignore();
+            pipe.cmd("SADD")
+                .arg(keys::MESA_NAMESPACES)
+                .arg(&namespace)
+                .ignore();
         }
-        namespaces.insert(namespace);
     }
     pipe.exec_async(con).await?;
-    // Survivors clean what dead nodes left in the namespaces they use.
+    // Survivors clean what dead nodes (or sessions closed while Redis was away) left
+    // in every namespace mimhost sessions bound ids in, used here or not.
+    let namespaces: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::MESA_NAMESPACES)
+        .query_async(con)
+        .await?;
     let now = now_ms();
     for namespace in namespaces {
         redis::Script::new(REAP)
