@@ -501,6 +501,20 @@ async fn mesa_dispatch_reaches_client_ids_on_every_node_with_and_without_sync() 
     .await
     .is_some());
 
+    // A session that bound no client id is reached by its session id, with sync too,
+    // from another node, and nothing is kept for it.
+    let (mut u, idu) = session(&hosts[2]).await;
+    room(
+        &hosts[0],
+        json!({ "mesa": [{ "to": [idu], "op": 0, "d": "by id", "t": "T", "sync": true }] }),
+    )
+    .await;
+    assert_eq!(text(&mut u).await, frame(0, json!("by id")));
+    assert_eq!(
+        redis.cli(&["HEXISTS", "undelivered_messages_room", &idu]),
+        "0"
+    );
+
     // A namespace spans containers: lobby's sessions (namespace room) on n0 and n2
     // get room's dispatches once each; a Dispatcher's own namespace option is obeyed.
     let (mut l0, idl0) = open(&hosts[0], "/lobby/").await;

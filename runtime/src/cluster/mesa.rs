@@ -121,12 +121,49 @@ pub(super) fn deliver_kept(hub: &Hub, container: &str, session: &str, kept: &str
     }
 }
 
+/// Which of `recipients` are connected in `namespace`: a bound client id in Mesa's
+/// set, or the id of a live session of one of `containers` (a session's client id is
+/// its session id until it binds one, SPEC 6).
+async fn connected(
+    con: &mut redis::aio::ConnectionManager,
+    namespace: &str,
+    containers: &[String],
+    recipients: &[String],
+) -> redis::RedisResult<Vec<bool>> {
+    let mut pipe = redis::pipe();
+    for r in recipients {
+        pipe.cmd("SISMEMBER")
+            .arg(keys::connected_clients(namespace))
+            .arg(r);
+    }
+    let mut flags: Vec<bool> = pipe.query_async(con).await?;
+    let now = super::now_ms() as f64;
+    for (r, flag) in recipients.iter().zip(flags.iter_mut()) {
+        if *flag || crate::hub::node_of_session(r).is_none() {
+            continue;
+        }
+        for container in containers {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(keys::sessions(container))
+                .arg(r)
+                .query_async(con)
+                .await?;
+            if score.is_some_and(|s| s > now) {
+                *flag = true;
+                break;
+            }
+        }
+    }
+    Ok(flags)
+}
+
 /// mimhost's Dispatcher beyond this node: with `sync`, messages for ids in no
 /// session anywhere go to `undelivered_messages`, the rest is published on `ws[_<ns>]`.
 pub(super) fn dispatch(cluster: &Arc<Cluster>, dispatch: &MesaDispatch<'_>) {
     let namespace = dispatch
         .namespace
         .map_or_else(|| cluster.namespace(dispatch.container), str::to_string);
+    let containers = cluster.containers_in(&namespace);
     let node = cluster.node_id().to_string();
     let text = dispatch.text.to_string();
     let recipients = dispatch.recipients.to_vec();
@@ -136,13 +173,8 @@ pub(super) fn dispatch(cluster: &Arc<Cluster>, dispatch: &MesaDispatch<'_>) {
             let mut online = recipients.clone();
             let everyone = recipients.iter().any(|r| r == "*");
             if sync && !everyone && !recipients.is_empty() {
-                let mut pipe = redis::pipe();
-                for r in &recipients {
-                    pipe.cmd("SISMEMBER")
-                        .arg(keys::connected_clients(&namespace))
-                        .arg(r);
-                }
-                let Ok(flags) = pipe.query_async::<Vec<bool>>(&mut con).await else {
+                let Ok(flags) = connected(&mut con, &namespace, &containers, &recipients).await
+                else {
                     return;
                 };
                 online.clear();

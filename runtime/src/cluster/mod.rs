@@ -245,6 +245,17 @@ impl Cluster {
             .map_or_else(|| container.to_string(), |d| d.namespace(container))
     }
 
+    /// This node's containers in Mesa namespace `namespace` (deploys are global, so
+    /// only drop-ins another node has alone are missing).
+    fn containers_in(&self, namespace: &str) -> Vec<String> {
+        self.directory.get().map_or_else(Vec::new, |d| {
+            d.containers()
+                .into_iter()
+                .filter(|c| d.namespace(c) == namespace)
+                .collect()
+        })
+    }
+
     /// Every channel this node must hear now: its own, each of its containers' and
     /// their Mesa namespaces', and what others asked for with [`Cluster::listen`].
     fn wanted_channels(&self) -> std::collections::BTreeSet<String> {
