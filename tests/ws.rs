@@ -957,11 +957,13 @@ const CLIENTS: &str = r#"
 var ws = require('/lib/xp/websocket');
 var mesa = require('@cryb/mesa');
 var dispatcher = new mesa.Dispatcher();
+var synced = new mesa.Dispatcher({ sync: { enabled: true } });
 exports.get = function (req) { return req.webSocket ? { webSocket: {} } : { status: 404 }; };
 exports.post = function (req) {
   var c = JSON.parse(req.body);
   if (c.bind) ws.setClientId(c.bind[0], c.bind[1]);
-  if (c.to) dispatcher.dispatch(new mesa.Message(c.op, c.d, c.t), c.to, c.excluding);
+  var d = c.ns !== undefined ? new mesa.Dispatcher({ namespace: c.ns }) : c.sync ? synced : dispatcher;
+  if (c.to) d.dispatch(new mesa.Message(c.op, c.d, c.t), c.to, c.excluding);
   return { body: 'ok' };
 };
 exports.webSocketEvent = function (e) {
@@ -1006,6 +1008,62 @@ async fn set_client_id_binds_sessions_to_a_client_id() {
     );
     assert_eq!(texts_until(&mut b, &frame(0)).await, [frame(2), frame(6)]);
     assert_eq!(texts_until(&mut c, &frame(0)).await, [frame(4)]);
+}
+
+/// Mesa namespaces on one node (SPEC 6): a Dispatcher reaches the sessions of every
+/// container in its namespace, its `namespace` option picks another, and what sync
+/// keeps is kept for the namespace (taken by whichever container's session binds).
+#[tokio::test(flavor = "multi_thread")]
+async fn mesa_namespaces_span_containers_on_one_node() {
+    let _shared = HEAVY.read().await;
+    let room = support::mim_json(&[("MESA_NAMESPACE", "room")]);
+    let (_mims, host) = serve(&[
+        ("clients/index.js", CLIENTS),
+        ("clients/mim.json", &room),
+        ("lobby/index.js", CLIENTS),
+        ("lobby/mim.json", &room),
+        ("other/index.js", CLIENTS),
+    ])
+    .await;
+    let addr = host.addr();
+    let command = |path: &'static str, body: Value| async move {
+        post(addr, path, body.to_string()).await.assert_ok("ok");
+    };
+    let frame = |d: u32| format!(r#"{{"op":0,"d":{d},"t":"T"}}"#);
+    let (mut l, idl) = connect_spy(addr, "/lobby/").await;
+    let (mut o, ido) = connect_spy(addr, "/other/").await;
+    command("/lobby", json!({ "bind": [idl, "lena"] })).await;
+
+    // clients and lobby share namespace room: lena in lobby is reached from clients.
+    command(
+        "/clients",
+        json!({ "to": ["lena"], "op": 0, "d": 1, "t": "T" }),
+    )
+    .await;
+    // The namespace option reaches other's unbound session by its id.
+    command(
+        "/clients",
+        json!({ "to": [ido], "op": 0, "d": 2, "t": "T", "ns": "other" }),
+    )
+    .await;
+    // Sync keeps kim's message for namespace room; a lobby session binding kim gets it.
+    command(
+        "/clients",
+        json!({ "to": ["kim"], "op": 0, "d": 3, "t": "T", "sync": true }),
+    )
+    .await;
+    let (mut k, idk) = connect_spy(addr, "/lobby/").await;
+    command("/lobby", json!({ "bind": [idk, "kim"] })).await;
+    command(
+        "/clients",
+        json!({ "to": ["*"], "op": 0, "d": 9, "t": "T" }),
+    )
+    .await;
+    command("/other", json!({ "to": ["*"], "op": 0, "d": 9, "t": "T" })).await;
+
+    assert_eq!(texts_until(&mut l, &frame(9)).await, [frame(1)]);
+    assert_eq!(texts_until(&mut k, &frame(9)).await, [frame(3)]);
+    assert_eq!(texts_until(&mut o, &frame(9)).await, [frame(2)]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -77,9 +77,10 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         Some(url) => Some(crate::cluster::Cluster::new(url, &node.node_id)?),
         None => None,
     };
+    let local_backplane = Arc::new(LocalBackplane::default());
     let backplane: Arc<dyn Backplane> = match &cluster {
         Some(c) => Arc::new(crate::cluster::backplane::ClusterBackplane(c.clone())),
-        None => Arc::new(LocalBackplane),
+        None => local_backplane.clone(),
     };
     let hub = Arc::new(Hub::new(&node.node_id, backplane));
     hub.start_pinger(config.ping_interval);
@@ -103,8 +104,10 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         cluster.as_ref(),
     ));
     mcm.restore().await;
-    if let Some(c) = &cluster {
-        c.start(&hub, Box::new(Containers(Arc::downgrade(&registry))));
+    let directory = Box::new(Containers(Arc::downgrade(&registry)));
+    match &cluster {
+        Some(c) => c.start(&hub, directory),
+        None => local_backplane.set_directory(directory),
     }
     if let Some(deploys) = mcm.deploys().cloned() {
         // Catch up with the cluster's deploys before the port opens.
@@ -142,8 +145,9 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     Ok(())
 }
 
-/// The registry as the cluster sees it: the containers whose channels this node
-/// hears, and each one's Mesa namespace (SPEC 6: env `MESA_NAMESPACE`, else its name).
+/// The registry as the hub's backplane sees it: the containers of this node (whose
+/// channels a cluster node hears), and each one's Mesa namespace (SPEC 6: env
+/// `MESA_NAMESPACE`, else its name).
 struct Containers(std::sync::Weak<Registry>);
 
 impl crate::cluster::Directory for Containers {

@@ -167,6 +167,10 @@ impl Backplane for ClusterBackplane {
             .collect()
     }
 
+    fn namespace(&self, container: &str) -> String {
+        self.0.namespace(container)
+    }
+
     fn is_clustered(&self) -> bool {
         true
     }

@@ -83,10 +83,16 @@ pub trait Backplane: Send + Sync + 'static {
     /// session anywhere can take. `namespace`: the Dispatcher's option, else None.
     fn mesa_dispatch(&self, _: &MesaDispatch<'_>) {}
 
-    /// The containers of this node a Mesa dispatch of `container`'s code reaches
-    /// (every one in its namespace); the local backplane: that container only.
+    /// The containers of this node a Mesa dispatch of `container`'s code reaches:
+    /// every one in `namespace` (the Dispatcher's option), else in its own (SPEC 6).
     fn mesa_containers(&self, container: &str, _namespace: Option<&str>) -> Vec<String> {
         vec![container.to_string()]
+    }
+
+    /// The Mesa namespace of `container` (SPEC 6: env `MESA_NAMESPACE`, else its
+    /// name): what Mesa sync keeps is kept per namespace.
+    fn namespace(&self, container: &str) -> String {
+        container.to_string()
     }
 
     /// Whether other nodes exist (then sync keeping and session lookups go through it).
@@ -176,11 +182,40 @@ pub fn node_of_session(id: &str) -> Option<&str> {
     (hex(n) && hex(started) && !node.is_empty()).then_some(node)
 }
 
-/// The single-node backplane.
-pub struct LocalBackplane;
+/// The single-node backplane: nothing crosses nodes, but Mesa namespaces still span
+/// this node's containers (SPEC 6), so it knows them once the host gives it its
+/// [`crate::cluster::Directory`].
+#[derive(Default)]
+pub struct LocalBackplane {
+    directory: std::sync::OnceLock<Box<dyn crate::cluster::Directory>>,
+}
+
+impl LocalBackplane {
+    /// Gives it this node's containers and their namespaces (once).
+    pub fn set_directory(&self, directory: Box<dyn crate::cluster::Directory>) {
+        let _ = self.directory.set(directory);
+    }
+}
 
 impl Backplane for LocalBackplane {
     fn publish_dispatch(&self, _: &str, _: &[String]) {}
+
+    fn mesa_containers(&self, container: &str, namespace: Option<&str>) -> Vec<String> {
+        let Some(d) = self.directory.get() else {
+            return vec![container.to_string()];
+        };
+        let namespace = namespace.map_or_else(|| d.namespace(container), str::to_string);
+        d.containers()
+            .into_iter()
+            .filter(|c| d.namespace(c) == namespace)
+            .collect()
+    }
+
+    fn namespace(&self, container: &str) -> String {
+        self.directory
+            .get()
+            .map_or_else(|| container.to_string(), |d| d.namespace(container))
+    }
 }
 
 #[derive(Default)]
@@ -195,7 +230,8 @@ struct HubState {
     groups: HashMap<(String, String), BTreeSet<String>>,
     /// (container, client id) -> sessions bound to it with `setClientId`.
     clients: HashMap<(String, String), BTreeSet<String>>,
-    /// (container, client id) -> frames kept for a client id not connected (Mesa sync).
+    /// (Mesa namespace, client id) -> frames kept for a client id not connected
+    /// (Mesa sync), for the first session of any container of the namespace to bind it.
     kept: HashMap<(String, String), Vec<Bytes>>,
 }
 
@@ -491,12 +527,10 @@ impl Hub {
                         .cloned()
                         .collect()
                 };
-                for local in self
+                let locals = self
                     .backplane
-                    .mesa_containers(container, namespace.as_deref())
-                {
-                    self.mesa_local(&local, text, &targets, false);
-                }
+                    .mesa_containers(container, namespace.as_deref());
+                self.mesa_local(&locals, "", text, &targets, false);
                 self.backplane.mesa_dispatch(&MesaDispatch {
                     container,
                     namespace: namespace.as_deref(),
@@ -515,16 +549,27 @@ impl Hub {
         self.apply_local(container, op);
     }
 
-    /// A Mesa message to this node's sessions of `container`: `op 5`
-    /// `DISCONNECT_CLIENT` closes the recipients' sessions with 1000.
-    fn mesa_local(&self, container: &str, text: &str, recipients: &[String], sync: bool) {
+    /// A Mesa message to this node's sessions of `containers` (one Mesa namespace,
+    /// `namespace`): `op 5` `DISCONNECT_CLIENT` closes the recipients' sessions with
+    /// 1000; with `sync`, what reaches no session is kept for the namespace.
+    fn mesa_local(
+        &self,
+        containers: &[String],
+        namespace: &str,
+        text: &str,
+        recipients: &[String],
+        sync: bool,
+    ) {
         let disconnect = text.starts_with("{\"op\":5")
             && serde_json::from_str::<serde_json::Value>(text)
                 .is_ok_and(|m| crate::cluster::mesa::is_disconnect(&m));
         if disconnect {
-            self.disconnect_clients(container, recipients);
+            for container in containers {
+                self.disconnect_clients(container, recipients);
+            }
         } else {
-            self.dispatch_to_clients(container, &text_frame(text), recipients, &[], sync);
+            let frame = text_frame(text);
+            self.dispatch_to_clients(containers, namespace, &frame, recipients, sync);
         }
     }
 
@@ -637,13 +682,15 @@ impl Hub {
                 recipients,
                 excluding,
                 sync,
-                namespace: _,
+                namespace,
             } => {
                 let targets: Vec<String> = recipients
                     .into_iter()
                     .filter(|r| r == "*" || !excluding.contains(r))
                     .collect();
-                self.mesa_local(container, &text, &targets, sync);
+                let namespace = namespace.unwrap_or_else(|| self.backplane.namespace(container));
+                let containers = self.backplane.mesa_containers(container, Some(&namespace));
+                self.mesa_local(&containers, &namespace, &text, &targets, sync);
             }
         }
     }
@@ -655,6 +702,7 @@ impl Hub {
             return;
         };
         let previous = s.bound_client_id();
+        let namespace = self.backplane.namespace(container);
         let kept = {
             let mut st = self.write();
             if let Some(old) = previous.clone() {
@@ -662,12 +710,13 @@ impl Hub {
                     ids.remove(session);
                 }
             }
-            let key = (container.to_string(), client_id.clone());
             st.clients
-                .entry(key.clone())
+                .entry((container.to_string(), client_id.clone()))
                 .or_default()
                 .insert(session.to_string());
-            st.kept.remove(&key).unwrap_or_default()
+            st.kept
+                .remove(&(namespace, client_id.clone()))
+                .unwrap_or_default()
         };
         s.set_client_id(&client_id);
         for frame in &kept {
@@ -745,23 +794,23 @@ impl Hub {
         self.read().by_container.keys().cloned().collect()
     }
 
-    /// Mesa's dispatch: `frame` to every session of `container` whose client id is in
-    /// `recipients` (`*`: all of them), minus `excluding`; with `sync`, frames for
-    /// client ids not connected are kept for when one binds.
-    pub fn dispatch_to_clients(
+    /// Mesa's dispatch: `frame` to every session of `containers` (one namespace)
+    /// whose client id is in `recipients` (`*`: all of them); with `sync`, frames for
+    /// client ids connected in none of them are kept under `namespace` for when one
+    /// binds.
+    fn dispatch_to_clients(
         &self,
-        container: &str,
+        containers: &[String],
+        namespace: &str,
         frame: &Bytes,
         recipients: &[String],
-        excluding: &[String],
         sync: bool,
     ) {
         if recipients.iter().any(|r| r == "*") {
             let st = self.read();
-            for s in st
-                .by_container
-                .get(container)
-                .into_iter()
+            for s in containers
+                .iter()
+                .filter_map(|c| st.by_container.get(c))
                 .flat_map(|m| m.values())
             {
                 self.deliver(s, frame);
@@ -771,25 +820,27 @@ impl Hub {
         let mut missing = Vec::new();
         {
             let st = self.read();
-            for client in recipients.iter().filter(|r| !excluding.contains(r)) {
-                let key = (container.to_string(), client.clone());
-                let bound = st
-                    .clients
-                    .get(&key)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|id| st.sessions.get(id));
-                let unbound = st
-                    .sessions
-                    .get(client)
-                    .filter(|s| s.container == container && s.bound_client_id().is_none());
+            for client in recipients {
                 let mut reached = false;
-                for s in bound.chain(unbound) {
-                    self.deliver(s, frame);
-                    reached = true;
+                for container in containers {
+                    let key = (container.clone(), client.clone());
+                    let bound = st
+                        .clients
+                        .get(&key)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| st.sessions.get(id));
+                    let unbound = st
+                        .sessions
+                        .get(client)
+                        .filter(|s| &s.container == container && s.bound_client_id().is_none());
+                    for s in bound.chain(unbound) {
+                        self.deliver(s, frame);
+                        reached = true;
+                    }
                 }
                 if !reached && sync {
-                    missing.push(key);
+                    missing.push((namespace.to_string(), client.clone()));
                 }
             }
         }
