@@ -48,6 +48,10 @@ exports.post = function (req) {
     d.dispatch(new mesa.Message(m.op, m.d, m.t), m.to, m.excluding);
   });
   (c.events || []).forEach(function (e) { context.dispatchWebSocketEvent({ type: 'e', message: e }); });
+  (c.steps || []).forEach(function (x) {
+    if (x.call) ws[x.call[0]].apply(null, x.call[1]);
+    else plain.dispatch(new mesa.Message(x.op, x.d, x.t), x.to);
+  });
   return { body: results };
 };
 exports.webSocketEvent = function (e) {
@@ -514,6 +518,20 @@ async fn mesa_dispatch_reaches_client_ids_on_every_node_with_and_without_sync() 
         redis.cli(&["HEXISTS", "undelivered_messages_room", &idu]),
         "0"
     );
+    // Mesa dispatches and sends of one invocation reach a session on another node in
+    // the order they were issued (SPEC 8).
+    let mut steps = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..40 {
+        let (sent, dispatched) = (format!("s{i}"), format!("m{i}"));
+        steps.push(json!({ "call": ["send", [idu, sent]] }));
+        steps.push(json!({ "to": [idu], "op": 0, "d": dispatched, "t": "T" }));
+        want.push(sent);
+        want.push(frame(0, json!(dispatched)));
+    }
+    room(&hosts[0], json!({ "steps": steps })).await;
+    let last = want.last().cloned().expect("steps");
+    assert_eq!(texts_until(&mut u, &last).await, want);
 
     // A namespace spans containers: lobby's sessions (namespace room) on n0 and n2
     // get room's dispatches once each; a Dispatcher's own namespace option is obeyed.

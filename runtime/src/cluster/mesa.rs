@@ -1,7 +1,9 @@
 //! Mesa's own Redis protocol (SPEC 6), so the real `@cryb/mesa` Dispatcher reaches
 //! mimhost's clients and mimhost's reaches Mesa servers' clients: the payload
-//! `{"message":{op,d,t},"recipients":[…]}` on `ws[_<ns>]` (with an extra `node`
-//! field Mesa ignores, so a node drops its own echo), `connected_clients[_<ns>]`,
+//! `{"message":{op,d,t},"recipients":[…]}` on `ws[_<ns>]` (with extra `node` and
+//! `container` fields Mesa ignores: a node drops its own echo, and applies another
+//! node's dispatch in the same queue as that container's other operations, so one
+//! invocation's deliveries keep their order, SPEC 8), `connected_clients[_<ns>]`,
 //! `undelivered_messages[_<ns>]` appended by one Lua script, and `op 5`
 //! `DISCONNECT_CLIENT` closing the id's sessions with 1000.
 
@@ -46,6 +48,8 @@ struct Wire {
     recipients: Vec<serde_json::Value>,
     #[serde(default)]
     node: Option<String>,
+    #[serde(default)]
+    container: Option<String>,
 }
 
 /// Whether a Mesa message (as JSON text) is `op 5` `DISCONNECT_CLIENT`.
@@ -87,11 +91,28 @@ pub(super) fn receive(cluster: &Cluster, namespace: &str, payload: &[u8]) {
         .collect();
     let message = MesaMessage {
         containers,
-        text: wire.message.to_string(),
+        text: frame_text(&wire.message),
         disconnect: is_disconnect(&wire.message),
         recipients,
     };
-    cluster.hand_over(&format!("\u{0}mesa:{namespace}"), Inbound::Mesa(message));
+    // A mimhost node's dispatch joins its container's queue (ordered with that
+    // container's other operations); a Mesa server's or Dispatcher's has its own.
+    let queue = wire
+        .container
+        .unwrap_or_else(|| format!("\u{0}mesa:{namespace}"));
+    cluster.hand_over(&queue, Inbound::Mesa(message));
+}
+
+/// The frame a client gets for a Mesa message: its `op`, `d` and `t` only (Mesa's
+/// `Message.serialize`), whatever else a publisher put in it.
+fn frame_text(message: &serde_json::Value) -> String {
+    let mut frame = serde_json::Map::new();
+    for field in ["op", "d", "t"] {
+        if let Some(v) = message.get(field) {
+            frame.insert(field.to_string(), v.clone());
+        }
+    }
+    serde_json::Value::Object(frame).to_string()
 }
 
 /// Delivers a Mesa message to this node's sessions.
@@ -111,7 +132,12 @@ pub(super) fn deliver_kept(hub: &Hub, container: &str, session: &str, kept: &str
     match serde_json::from_str::<Vec<serde_json::Value>>(kept) {
         Ok(messages) => {
             for m in messages {
-                hub.send_text(container, session, &m.to_string());
+                if is_disconnect(&m) {
+                    // As Mesa replays it: the client is disconnected (1000).
+                    hub.disconnect_session(container, session);
+                    return;
+                }
+                hub.send_text(container, session, &frame_text(&m));
             }
         }
         Err(e) => tracing::warn!(
@@ -165,6 +191,7 @@ pub(super) fn dispatch(cluster: &Arc<Cluster>, dispatch: &MesaDispatch<'_>) {
         .map_or_else(|| cluster.namespace(dispatch.container), str::to_string);
     let containers = cluster.containers_in(&namespace);
     let node = cluster.node_id().to_string();
+    let origin = dispatch.container.to_string();
     let text = dispatch.text.to_string();
     let recipients = dispatch.recipients.to_vec();
     let sync = dispatch.sync;
@@ -195,9 +222,10 @@ pub(super) fn dispatch(cluster: &Arc<Cluster>, dispatch: &MesaDispatch<'_>) {
                 return;
             }
             let payload = format!(
-                "{{\"message\":{text},\"recipients\":{},\"node\":{}}}",
+                "{{\"message\":{text},\"recipients\":{},\"node\":{},\"container\":{}}}",
                 serde_json::Value::from(online),
-                serde_json::Value::from(node)
+                serde_json::Value::from(node),
+                serde_json::Value::from(origin)
             );
             let _: Result<i64, _> = redis::cmd("PUBLISH")
                 .arg(keys::mesa_channel(&namespace))
@@ -214,6 +242,12 @@ pub(super) fn dispatch(cluster: &Arc<Cluster>, dispatch: &MesaDispatch<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_carries_op_d_and_t_only() {
+        let m = serde_json::json!({"op": 0, "d": {"x": 1}, "t": "T", "o": {"sync": true}});
+        assert_eq!(frame_text(&m), r#"{"op":0,"d":{"x":1},"t":"T"}"#);
+    }
 
     #[test]
     fn disconnect_is_op_5_with_mesas_type() {

@@ -768,6 +768,14 @@ impl Hub {
             .collect()
     }
 
+    /// Closes one local session of `container` with 1000 (a kept Mesa
+    /// `DISCONNECT_CLIENT`).
+    pub fn disconnect_session(&self, container: &str, session: &str) {
+        if let Some(s) = self.session_of(container, session) {
+            s.close(close::NORMAL, "");
+        }
+    }
+
     /// One text frame to one local session of `container` (Mesa's kept messages).
     pub fn send_text(&self, container: &str, session: &str, text: &str) {
         if let Some(s) = self.session_of(container, session) {
