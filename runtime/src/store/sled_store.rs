@@ -253,15 +253,11 @@ impl Durability {
 /// Flushes sled and empties the log. A failed flush keeps the log (it still holds
 /// every write) and marks the store for reopening.
 fn checkpoint(logged: &mut Logged, shared: &Shared) {
-    let flushed = logged.db.as_ref().map(|db| db.flush());
-    match flushed {
-        Some(Ok(_)) => {
-            if logged.wal.reset().is_err() {
-                shared.failed.store(true, Ordering::SeqCst);
-            }
-        }
-        Some(Err(_)) => shared.failed.store(true, Ordering::SeqCst),
-        None => {}
+    let Some(db) = logged.db.as_ref() else {
+        return;
+    };
+    if db.flush().is_err() || logged.wal.reset().is_err() {
+        shared.failed.store(true, Ordering::SeqCst);
     }
 }
 
