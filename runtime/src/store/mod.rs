@@ -1,13 +1,14 @@
 //! Container storage behind `context.storage`.
 //!
 //! The [`mimhost_bindings::Storage`] trait is the seam; [`SledStore`] is the embedded
-//! default. Each container's worker opens its own store folder, so containers are
+//! default, made durable by its write-ahead log (`wal`). Each container's worker opens its own store folder, so containers are
 //! isolated by construction and reads never cross the process boundary. With
 //! `--cluster` the worker opens a [`RedisStore`] instead, shared by every node.
 
 mod redis_mirror;
 mod redis_store;
 mod sled_store;
+mod wal;
 
 pub use redis_store::{RedisStore, StoreKeys};
 pub use sled_store::{Durability, SledStore};
@@ -33,8 +34,8 @@ impl OpenStore {
         }
     }
 
-    /// What the committer must flush before the answers of the writes made since the
-    /// last call may leave (group commit). Redis acknowledges each write before the
+    /// What the committer must make durable before the answers of the writes made
+    /// since the last call may leave (group commit). Redis acknowledges each write before the
     /// call returns, so only the embedded store has anything to hand over.
     pub fn take_dirty(&self) -> Option<Durability> {
         match self {

@@ -3,7 +3,7 @@
 //! The JavaScript thread ends each turn by handing its encoded frames over, with what
 //! makes the turn's storage writes durable when it wrote any, and goes on taking
 //! calls. This thread takes every turn that is waiting, makes all their writes
-//! durable with one flush, then writes their frames in order: no answer leaves before
+//! durable with one append to the store's log, then writes their frames in order: no answer leaves before
 //! the writes it depends on (or any earlier turn's) are on disk — SPEC 7's promise —
 //! and one `fsync` covers many invocations under load.
 //!
@@ -90,34 +90,37 @@ impl Committer {
     }
 }
 
-/// The committer's loop: group every waiting turn, flush once, write in order.
+/// The committer's loop: group every waiting turn, make their writes durable at once,
+/// write in order.
 fn commit(turns: Receiver<Turn>, stream: &Mutex<UnixStream>, waiting: &AtomicUsize) {
     while let Ok(first) = turns.recv() {
         let mut group = vec![first];
         group.extend(turns.try_iter());
         let count = group.len();
         let mut out = Vec::new();
-        // The first flush makes every write so far durable; the others find nothing
-        // left to write (they only matter when the store was reopened in between).
-        let failure = group
-            .iter()
-            .filter_map(|t| t.durability.as_ref())
-            .find_map(|d| d.flush().err());
+        // One log append (one `write`, one `fdatasync`) covers every turn that wrote.
+        let durable: Vec<&Durability> =
+            group.iter().filter_map(|t| t.durability.as_ref()).collect();
+        let mut failures = Durability::commit(&durable).into_iter();
         for turn in group {
-            match (&failure, turn.durability.is_some()) {
-                (Some(e), true) => {
+            let failure = match turn.durability {
+                Some(_) => failures.next().flatten(),
+                None => None,
+            };
+            match failure {
+                Some(e) => {
                     let mut log = Vec::new();
                     encode_into(
                         &FromWorker::Log {
                             level: 3,
-                            message: format!("store flush failed: {e}"),
+                            message: format!("storing the writes failed: {e}"),
                         },
                         &mut log,
                     );
                     out.extend_from_slice(&log);
                     out.extend_from_slice(&super::unflushed::fail_answers(turn.frames, &e.0));
                 }
-                _ => out.extend_from_slice(&turn.frames),
+                None => out.extend_from_slice(&turn.frames),
             }
         }
         let written = match stream.lock() {

@@ -9,7 +9,8 @@ use std::collections::HashSet;
 /// The status of an answer whose writes were not stored.
 const INSUFFICIENT_STORAGE: u16 = 507;
 
-/// Rewrites the encoded frames of one turn after its store flush failed with `error`.
+/// Rewrites the encoded frames of one turn whose writes could not be made durable
+/// (`error` says why).
 pub fn fail_answers(mut out: Vec<u8>, error: &str) -> Vec<u8> {
     let Ok(messages) = decode_frames::<FromWorker>(&mut out) else {
         return out; // our own encoding: cannot happen; leave the turn as it was
