@@ -15,6 +15,7 @@ mod net;
 mod net_natives;
 mod outbound;
 mod request;
+mod response;
 mod ws;
 
 pub use host_api::{HostApi, LogLevel, Storage, StorageError};
