@@ -36,12 +36,36 @@ pub(crate) fn bindings(ctx: &Context) -> JsResult<(Rc<dyn HostApi>, PathBuf)> {
     Ok((b.host.clone(), b.root.clone()))
 }
 
+/// Just the host behind this isolate (no copy of the root path: the per-request natives
+/// need nothing else).
+pub(crate) fn host(ctx: &Context) -> JsResult<Rc<dyn HostApi>> {
+    ctx.get_data::<Bindings>()
+        .map(|b| b.host.clone())
+        .ok_or_else(|| {
+            JsNativeError::error()
+                .with_message("mimhost bindings missing")
+                .into()
+        })
+}
+
+/// A JS string as a Rust string: a plain copy when it is valid UTF-16 (the usual case),
+/// else with its unpaired surrogates written as `\uXXXX` escapes, as it always was.
+pub(crate) fn rust_string(s: &JsString) -> String {
+    s.to_std_string()
+        .unwrap_or_else(|_| s.to_std_string_escaped())
+}
+
+/// `String(value)` as a Rust string.
+pub(crate) fn value_string(value: &JsValue, ctx: &mut Context) -> JsResult<String> {
+    match value.as_string() {
+        Some(s) => Ok(rust_string(&s)),
+        None => Ok(rust_string(&value.to_string(ctx)?)),
+    }
+}
+
 /// Argument `i` as a Rust string (undefined becomes `"undefined"`, as `String(x)` does).
 fn arg_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<String> {
-    Ok(args
-        .get_or_undefined(i)
-        .to_string(ctx)?
-        .to_std_string_escaped())
+    value_string(args.get_or_undefined(i), ctx)
 }
 
 /// Argument `i` as an optional string (null and undefined are `None`).
@@ -50,7 +74,7 @@ fn arg_opt_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<Opt
     if v.is_null_or_undefined() {
         Ok(None)
     } else {
-        Ok(Some(v.to_string(ctx)?.to_std_string_escaped()))
+        Ok(Some(value_string(v, ctx)?))
     }
 }
 
@@ -63,7 +87,7 @@ pub(crate) fn string_list(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<St
     let len = array.length(ctx)?;
     let mut out = Vec::with_capacity(len as usize);
     for i in 0..len {
-        out.push(array.get(i, ctx)?.to_string(ctx)?.to_std_string_escaped());
+        out.push(value_string(&array.get(i, ctx)?, ctx)?);
     }
     Ok(out)
 }
@@ -73,7 +97,7 @@ fn storage_error(e: crate::StorageError) -> JsError {
 }
 
 fn log(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let level = LogLevel::from_name(&arg_string(args, 0, ctx)?);
     host.log(level, &arg_string(args, 1, ctx)?);
     Ok(JsValue::undefined())
@@ -115,13 +139,13 @@ fn flush_dispatches_native(_: &JsValue, _: &[JsValue], ctx: &mut Context) -> JsR
 }
 
 fn flush(_: &JsValue, _: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     host.flush();
     Ok(JsValue::undefined())
 }
 
 fn storage_get(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let key = arg_string(args, 0, ctx)?;
     Ok(match host.storage().get(&key).map_err(storage_error)? {
         Some(v) => JsValue::from(JsString::from(v.as_str())),
@@ -130,7 +154,7 @@ fn storage_get(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsV
 }
 
 fn storage_set(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let key = arg_string(args, 0, ctx)?;
     let value = arg_string(args, 1, ctx)?;
     let tag = arg_opt_string(args, 2, ctx)?;
@@ -141,14 +165,14 @@ fn storage_set(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsV
 }
 
 fn storage_remove(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let key = arg_string(args, 0, ctx)?;
     host.storage().remove(&key).map_err(storage_error)?;
     Ok(JsValue::undefined())
 }
 
 fn storage_items(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let tag = arg_opt_string(args, 0, ctx)?;
     let items = host
         .storage()
@@ -164,7 +188,7 @@ fn storage_items(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<J
 }
 
 fn storage_remove_by_tag(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let tag = arg_string(args, 0, ctx)?;
     let removed = host.storage().remove_by_tag(&tag).map_err(storage_error)?;
     Ok(JsValue::from(removed as f64))
@@ -194,7 +218,7 @@ fn compile(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue
 }
 
 fn ws_op(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let op: WsOp = serde_json::from_str(&arg_string(args, 0, ctx)?)
         .map_err(|e| JsNativeError::typ().with_message(format!("bad websocket operation: {e}")))?;
     host.ws(op);
@@ -202,7 +226,7 @@ fn ws_op(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> 
 }
 
 fn ws_query(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let query: WsQuery = serde_json::from_str(&arg_string(args, 0, ctx)?)
         .map_err(|e| JsNativeError::typ().with_message(format!("bad websocket query: {e}")))?;
     let answer = match host.ws_query(query) {
@@ -219,14 +243,14 @@ fn ws_query(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValu
 }
 
 fn http_request(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let request: crate::OutboundHttpRequest = serde_json::from_str(&arg_string(args, 0, ctx)?)
         .map_err(|e| JsNativeError::typ().with_message(format!("bad HTTP request options: {e}")))?;
     Ok(JsValue::from(host.outbound_http(request) as f64))
 }
 
 fn delete_file(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let path = arg_string(args, 0, ctx)?;
     crate::file_area_path(&path)
         .map_err(|e| JsNativeError::error().with_message(format!("deleteFile: {e}")))?;

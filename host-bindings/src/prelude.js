@@ -261,19 +261,23 @@
     get: addRoute('GET'), post: addRoute('POST'), put: addRoute('PUT'), patch: addRoute('PATCH'),
     delete: addRoute('DELETE'), all: addRoute('*'), head: addRoute('HEAD'), options: addRoute('OPTIONS')
   };
-  function matchRoute(method, path) {
+  /** The handler of the first route matching request `r`, with `r.params` set; null
+   *  when none matches. No object is made per request beyond `params` itself. */
+  function routeFor(r) {
+    var method = r.method, path = r.path;
     for (var i = 0; i < routes.length; i++) {
-      var r = routes[i];
-      if (r.method !== '*' && r.method !== method) continue;
-      if (r.literal !== null) {
-        if (path === r.literal || path === r.literal + '/') return { handler: r.handler, params: {} };
+      var route = routes[i];
+      if (route.method !== '*' && route.method !== method) continue;
+      if (route.literal !== null) {
+        if (path === route.literal || path === route.literal + '/') { r.params = {}; return route.handler; }
         continue;
       }
-      var m = r.regex.exec(path);
+      var m = route.regex.exec(path);
       if (!m) continue;
       var params = {};
-      for (var j = 0; j < r.names.length; j++) params[r.names[j]] = m[j + 1] === undefined ? '' : decodeQueryPart(m[j + 1]);
-      return { handler: r.handler, params: params };
+      for (var j = 0; j < route.names.length; j++) params[route.names[j]] = m[j + 1] === undefined ? '' : decodeQueryPart(m[j + 1]);
+      r.params = params;
+      return route.handler;
     }
     return null;
   }
@@ -422,11 +426,11 @@
   function handleHttp(r, res) {
     var result, controller = false, webSocket = false;
     try {
-      var route = matchRoute(r.method, r.path);
-      if (route) { r.params = route.params; result = route.handler(r, res); }
+      var handler = routeFor(r);
+      if (handler) result = handler(r, res);
       else if (typeof G.mimikModule.exports === 'function') { r.params = {}; result = G.mimikModule.exports(context, r, res); }
       else {
-        var handler = controllerHandler(r.method);
+        handler = controllerHandler(r.method);
         if (!handler) {
           res.statusCode = 404;
           res.setHeader('content-type', 'application/json');
@@ -443,10 +447,13 @@
       return;
     }
     flushDispatches();
-    if (isThenable(result)) {
-      result.then(function (v) { flushDispatches(); if (controller) answerFromController(res, v, webSocket); },
-        function (e) { flushDispatches(); failResponse(res, e); });
-    } else if (controller) answerFromController(res, result, webSocket);
+    if (result !== undefined && isThenable(result)) answerWhenSettled(result, res, controller, webSocket);
+    else if (controller) answerFromController(res, result, webSocket);
+  }
+  // Apart from handleHttp so that it has no closures (no environment made per request).
+  function answerWhenSettled(promise, res, controller, webSocket) {
+    promise.then(function (v) { flushDispatches(); if (controller) answerFromController(res, v, webSocket); },
+      function (e) { flushDispatches(); failResponse(res, e); });
   }
 
   // ---- WebSocket sessions ------------------------------------------------------------

@@ -12,7 +12,7 @@
 //! the internal natives [`state`], [`reset`] and [`accept`] through `__host`.
 
 use crate::host_api::HostApi;
-use crate::natives::{bindings, flush_dispatches};
+use crate::natives::{flush_dispatches, host as host_of, value_string};
 use boa_engine::object::builtins::JsArray;
 use boa_engine::object::ObjectInitializer;
 use boa_engine::property::Attribute;
@@ -84,7 +84,11 @@ fn data(object: &JsObject) -> boa_engine::object::RefMut<'_, ResponseData> {
 }
 
 fn header_name(value: &JsValue, ctx: &mut Context) -> JsResult<String> {
-    Ok(value.to_string(ctx)?.to_std_string_escaped().to_lowercase())
+    let mut name = value_string(value, ctx)?;
+    if name.bytes().any(|b| b.is_ascii_uppercase()) || !name.is_ascii() {
+        name = name.to_lowercase();
+    }
+    Ok(name)
 }
 
 /// `response.setHeader(name, value)`: names are case-insensitive; returns `response`.
@@ -140,9 +144,7 @@ fn status_code(object: &JsObject, ctx: &mut Context) -> JsResult<u16> {
 fn header_pairs(object: &JsObject, ctx: &mut Context) -> JsResult<Vec<(String, String)>> {
     let headers = data(object).headers.clone();
     let mut out = Vec::with_capacity(headers.len());
-    let text = |v: &JsValue, ctx: &mut Context| -> JsResult<String> {
-        Ok(v.to_string(ctx)?.to_std_string_escaped())
-    };
+    let text = value_string;
     for (name, value) in headers {
         match value.as_object() {
             Some(array) if array.is_array() => {
@@ -168,11 +170,7 @@ fn body(value: &JsValue, ctx: &mut Context) -> JsResult<(Vec<u8>, bool)> {
     if let Some(bytes) = crate::bytes::js_bytes(value, ctx)? {
         return Ok((bytes, true));
     }
-    let text = match value.as_string() {
-        Some(s) => s.to_std_string_escaped(),
-        None => value.to_string(ctx)?.to_std_string_escaped(),
-    };
-    Ok((text.into_bytes(), false))
+    Ok((value_string(value, ctx)?.into_bytes(), false))
 }
 
 /// The content type picked for a body sent without one: bytes are
@@ -210,7 +208,7 @@ fn write(this: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValu
 }
 
 fn write_chunk(object: &JsObject, chunk: &JsValue, ctx: &mut Context) -> JsResult<bool> {
-    let (host, _) = bindings(ctx)?;
+    let host = host_of(ctx)?;
     let stage = data(object).stage;
     match stage {
         Stage::Done => return Ok(false),
@@ -233,7 +231,7 @@ fn end(this: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue>
 }
 
 fn finish(object: &JsObject, value: &JsValue, ctx: &mut Context) -> JsResult<()> {
-    let (host, _) = bindings(ctx)?;
+    let host = host_of(ctx)?;
     let stage = data(object).stage;
     match stage {
         Stage::Done => Ok(()),
@@ -302,8 +300,8 @@ pub(crate) fn reset(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResul
 /// by accepting it (a controller returned `{webSocket: …}`); ignored once answered.
 pub(crate) fn accept(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
     let object = target(args.get_or_undefined(0), "accept")?;
-    let (host, _) = bindings(ctx)?;
-    let payload = args.get_or_undefined(1).to_string(ctx)?.to_std_string_escaped();
+    let host = host_of(ctx)?;
+    let payload = value_string(args.get_or_undefined(1), ctx)?;
     let protocols = crate::natives::string_list(args.get_or_undefined(2), ctx)?;
     let id = {
         let mut d = data(&object);
