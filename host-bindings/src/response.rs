@@ -135,7 +135,11 @@ fn status(this: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsVal
 /// `Number(statusCode) || 200`, as a status for the host.
 fn status_code(object: &JsObject, ctx: &mut Context) -> JsResult<u16> {
     let n = object.get(js_string!("statusCode"), ctx)?.to_number(ctx)?;
-    Ok(if n.is_nan() || n == 0.0 { 200 } else { n as u16 })
+    Ok(if n.is_nan() || n == 0.0 {
+        200
+    } else {
+        n as u16
+    })
 }
 
 /// The headers as `(name, value)` pairs for the host: `undefined`/`null` values left
@@ -189,7 +193,10 @@ fn start(object: &JsObject, host: &Rc<dyn HostApi>, ctx: &mut Context) -> JsResu
         let mut d = data(object);
         d.stage = Stage::Started;
         if !d.has_content_type() {
-            d.set("content-type".into(), js_string!("text/plain; charset=utf-8").into());
+            d.set(
+                "content-type".into(),
+                js_string!("text/plain; charset=utf-8").into(),
+            );
         }
         d.id
     };
@@ -204,7 +211,11 @@ fn start(object: &JsObject, host: &Rc<dyn HostApi>, ctx: &mut Context) -> JsResu
 /// so far, then sends `chunk`. `false` once the answer has ended.
 fn write(this: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
     let object = target(this, "write")?;
-    Ok(JsValue::from(write_chunk(&object, args.get_or_undefined(0), ctx)?))
+    Ok(JsValue::from(write_chunk(
+        &object,
+        args.get_or_undefined(0),
+        ctx,
+    )?))
 }
 
 fn write_chunk(object: &JsObject, chunk: &JsValue, ctx: &mut Context) -> JsResult<bool> {
@@ -253,7 +264,10 @@ fn finish(object: &JsObject, value: &JsValue, ctx: &mut Context) -> JsResult<()>
             let id = {
                 let mut d = data(object);
                 if !d.has_content_type() && !bytes.is_empty() {
-                    d.set("content-type".into(), JsString::from(sniff(&bytes, is_bytes)).into());
+                    d.set(
+                        "content-type".into(),
+                        JsString::from(sniff(&bytes, is_bytes)).into(),
+                    );
                 }
                 d.id
             };

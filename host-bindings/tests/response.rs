@@ -180,21 +180,37 @@ app.get('/object', (q, r) => r.end({ a: 1 }));
 "#;
     assert_eq!(
         run(code, "/json"),
-        [full(200, &[("content-type", "application/json")], "{\"a\":1}")]
+        [full(
+            200,
+            &[("content-type", "application/json")],
+            "{\"a\":1}"
+        )]
     );
     assert_eq!(
         run(code, "/text"),
-        [full(200, &[("content-type", "text/plain; charset=utf-8")], "hi")]
+        [full(
+            200,
+            &[("content-type", "text/plain; charset=utf-8")],
+            "hi"
+        )]
     );
     assert_eq!(run(code, "/empty"), [full(200, &[], "")]);
     assert_eq!(
         run(code, "/number"),
-        [full(200, &[("content-type", "text/plain; charset=utf-8")], "42")]
+        [full(
+            200,
+            &[("content-type", "text/plain; charset=utf-8")],
+            "42"
+        )]
     );
     assert_eq!(
         run(code, "/object"),
         // `String({})` starts with `[`, so it is sniffed as JSON (as it always was).
-        [full(200, &[("content-type", "application/json")], "[object Object]")]
+        [full(
+            200,
+            &[("content-type", "application/json")],
+            "[object Object]"
+        )]
     );
 }
 
@@ -266,15 +282,27 @@ app.get('/json-typed', (q, r) => { r.setHeader('Content-Type', 'application/vnd.
 "#;
     assert_eq!(
         run(code, "/send-object"),
-        [full(200, &[("content-type", "application/json")], "{\"a\":[1]}")]
+        [full(
+            200,
+            &[("content-type", "application/json")],
+            "{\"a\":[1]}"
+        )]
     );
     assert_eq!(
         run(code, "/send-text"),
-        [full(200, &[("content-type", "text/plain; charset=utf-8")], "plain")]
+        [full(
+            200,
+            &[("content-type", "text/plain; charset=utf-8")],
+            "plain"
+        )]
     );
     assert_eq!(
         run(code, "/json-typed"),
-        [full(200, &[("content-type", "application/vnd.x+json")], "true")]
+        [full(
+            200,
+            &[("content-type", "application/vnd.x+json")],
+            "true"
+        )]
     );
 }
 
@@ -306,7 +334,11 @@ app.get('/stream', (q, r) => { r.write(new Uint8Array([1])); r.end(new Uint8Arra
     assert_eq!(
         run(code, "/stream"),
         [
-            Seen::Start(7, 200, pairs(&[("content-type", "text/plain; charset=utf-8")])),
+            Seen::Start(
+                7,
+                200,
+                pairs(&[("content-type", "text/plain; charset=utf-8")])
+            ),
             Seen::Chunk(7, vec![1]),
             Seen::Chunk(7, vec![2]),
             Seen::End(7),
@@ -342,7 +374,11 @@ app.get('/twice', (q, r) => { r.end('one'); r.end('two'); r.write('three'); });
     );
     assert_eq!(
         run(code, "/twice"),
-        [full(200, &[("content-type", "text/plain; charset=utf-8")], "one")]
+        [full(
+            200,
+            &[("content-type", "text/plain; charset=utf-8")],
+            "one"
+        )]
     );
 }
 
@@ -366,9 +402,18 @@ app.get('/reject', (q, r) => Promise.reject(new Error('async boom')));
         )
     );
     let seen = run(code, "/after-write");
-    assert!(matches!(seen.as_slice(), [Seen::Start(..), Seen::Chunk(..), Seen::Log(_), Seen::End(7)]), "{seen:?}");
+    assert!(
+        matches!(
+            seen.as_slice(),
+            [Seen::Start(..), Seen::Chunk(..), Seen::Log(_), Seen::End(7)]
+        ),
+        "{seen:?}"
+    );
     let seen = run(code, "/after-end");
-    assert!(matches!(seen.as_slice(), [Seen::Full(7, 200, ..), Seen::Log(_)]), "{seen:?}");
+    assert!(
+        matches!(seen.as_slice(), [Seen::Full(7, 200, ..), Seen::Log(_)]),
+        "{seen:?}"
+    );
     let seen = run(code, "/reject");
     assert!(
         matches!(seen.as_slice(), [Seen::Log(m), Seen::Full(7, 500, ..)] if m.contains("async boom")),
@@ -399,13 +444,20 @@ app.get('/bad-name', (q, r) => { r.setHeader(Symbol('s'), 'x'); });
         run(code, "/reenter"),
         [full(
             200,
-            &[("x-evil", "v"), ("content-type", "text/plain; charset=utf-8")],
+            &[
+                ("x-evil", "v"),
+                ("content-type", "text/plain; charset=utf-8")
+            ],
             "ok"
         )]
     );
     assert_eq!(
         run(code, "/body-reenter"),
-        [full(200, &[("content-type", "text/plain; charset=utf-8")], "outer")]
+        [full(
+            200,
+            &[("content-type", "text/plain; charset=utf-8")],
+            "outer"
+        )]
     );
 }
 
@@ -440,7 +492,11 @@ exports.get = (req) => ({ status: 201, headers: { 'X-A': 'a', 'Content-Type': 't
     let code = "exports.get = () => ({ body: { a: 1 } }); exports.post = () => 'text';";
     assert_eq!(
         run(code, "/"),
-        [full(200, &[("content-type", "application/json")], "{\"a\":1}")]
+        [full(
+            200,
+            &[("content-type", "application/json")],
+            "{\"a\":1}"
+        )]
     );
     let code = "exports.get = () => ({ webSocket: { data: { u: 1 }, subProtocols: ['p'] } });";
     let (mut isolate, host, _mim) = load(code);
