@@ -4,7 +4,7 @@
 //! calls, bytes, arrays) that must give an answer or a JS error and never a panic.
 
 use mimhost_bindings::{
-    HostApi, HttpRequest, Isolate, LogLevel, MimSpec, OutboundHttpRequest, Storage, StorageError,
+    DiscardStorage, HostApi, HttpRequest, Isolate, LogLevel, MimSpec, OutboundHttpRequest, Storage,
     WsAnswer, WsOp, WsQuery,
 };
 use std::cell::RefCell;
@@ -27,28 +27,7 @@ enum Seen {
 #[derive(Default)]
 struct Recorder {
     seen: RefCell<Vec<Seen>>,
-    store: NoStore,
-}
-
-#[derive(Default)]
-struct NoStore;
-
-impl Storage for NoStore {
-    fn get(&self, _: &str) -> Result<Option<String>, StorageError> {
-        Ok(None)
-    }
-    fn set(&self, _: &str, _: &str, _: Option<&str>) -> Result<(), StorageError> {
-        Ok(())
-    }
-    fn remove(&self, _: &str) -> Result<(), StorageError> {
-        Ok(())
-    }
-    fn items(&self, _: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
-        Ok(Vec::new())
-    }
-    fn remove_by_tag(&self, _: &str) -> Result<usize, StorageError> {
-        Ok(0)
-    }
+    store: DiscardStorage,
 }
 
 impl HostApi for Recorder {
