@@ -1,6 +1,6 @@
 //! Bytes crossing into and out of JavaScript: for binary WebSocket messages an
 //! `ArrayBuffer` or `Uint8Array` becomes base64 for the host, and base64 from the host
-//! becomes a `Uint8Array`; HTTP bodies go out as bytes. Done natively because a
+//! becomes a `Uint8Array`; HTTP bodies go out as bytes (`response.rs`). Done natively because a
 //! JavaScript loop over megabytes would cost the handler timeout.
 
 use base64::Engine;
@@ -37,15 +37,6 @@ pub(crate) fn base64_to_bytes(
     let block = AlignedVec::from_slice(0, &bytes);
     let buffer = JsArrayBuffer::from_byte_block(block, ctx)?;
     Ok(JsUint8Array::from_array_buffer(buffer, ctx)?.into())
-}
-
-/// An HTTP body a mim hands over: the bytes of an `ArrayBuffer` or `Uint8Array`, or
-/// any other value as UTF-8 text.
-pub(crate) fn body_bytes(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<u8>> {
-    match js_bytes(value, ctx)? {
-        Some(bytes) => Ok(bytes),
-        None => Ok(value.to_string(ctx)?.to_std_string_escaped().into_bytes()),
-    }
 }
 
 /// The bytes of an `ArrayBuffer` or `Uint8Array`, or None for any other value.

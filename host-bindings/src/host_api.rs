@@ -61,6 +61,30 @@ pub trait Storage {
     fn remove_by_tag(&self, tag: &str) -> Result<usize, StorageError>;
 }
 
+/// A store that keeps nothing: reads find nothing, writes are dropped. For hosts that
+/// run mims without their data (the `ipc-cost` bench, in-process tests), so each of
+/// them need not write its own.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardStorage;
+
+impl Storage for DiscardStorage {
+    fn get(&self, _: &str) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
+    fn set(&self, _: &str, _: &str, _: Option<&str>) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn remove(&self, _: &str) -> Result<(), StorageError> {
+        Ok(())
+    }
+    fn items(&self, _: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
+        Ok(Vec::new())
+    }
+    fn remove_by_tag(&self, _: &str) -> Result<usize, StorageError> {
+        Ok(0)
+    }
+}
+
 /// What the host offers a running mim. Calls are one-way unless they return a value.
 pub trait HostApi {
     /// Starts a streamed HTTP response (status and headers; chunks follow).

@@ -62,6 +62,7 @@ pub struct Isolate {
     outbound_http: JsObject,
     handle_client: JsObject,
     request_proto: crate::request::RequestProto,
+    response_proto: crate::response::ResponseProto,
 }
 
 impl Isolate {
@@ -86,11 +87,14 @@ impl Isolate {
             host: host.clone(),
             root: root.clone(),
             started: Instant::now(),
+            pending: Default::default(),
         });
         context.insert_data(crate::net_natives::HandlerLoader(loader.clone()));
         let entry = root.join(&spec.entry);
         let described = |e: JsError, ctx: &mut Context| LoadError(describe(&e, &root, ctx));
-        let mim = run_prelude(spec, &root, &mut context).map_err(|e| described(e, &mut context))?;
+        let response_proto = crate::response::ResponseProto::new(&mut context);
+        let mim = run_prelude(spec, &root, response_proto.prototype(), &mut context)
+            .map_err(|e| described(e, &mut context))?;
         load_entry(&entry, &root, &mim, &loader, &mut context)
             .map_err(|e| described(e, &mut context))?;
         let mimhost = context
@@ -120,15 +124,17 @@ impl Isolate {
             outbound_http,
             handle_client,
             request_proto,
+            response_proto,
         })
     }
 
     /// Runs one HTTP request; the answer reaches the host through [`HostApi`].
     pub fn handle_http(&mut self, id: u64, request: HttpRequest) {
         let req = self.request_proto.object(request, &mut self.context);
+        let res = self.response_proto.object(id, &mut self.context);
         let result = self.handle_http.call(
             &JsValue::undefined(),
-            &[JsValue::from(id as f64), req.into()],
+            &[req.into(), res.into()],
             &mut self.context,
         );
         if let Err(e) = result {
@@ -256,8 +262,14 @@ impl Isolate {
     }
 }
 
-/// Evaluates the prelude and calls it with `__host` and the `mim` description.
-fn run_prelude(spec: &MimSpec, root: &Path, ctx: &mut Context) -> JsResult<JsObject> {
+/// Evaluates the prelude and calls it with `__host` (which carries the native response
+/// prototype as `responsePrototype`) and the `mim` description.
+fn run_prelude(
+    spec: &MimSpec,
+    root: &Path,
+    response_proto: &JsObject,
+    ctx: &mut Context,
+) -> JsResult<JsObject> {
     let prelude = ctx
         .eval(Source::from_bytes(PRELUDE.as_bytes()).with_path(Path::new("mimhost:prelude.js")))?;
     let info = serde_json::json!({
@@ -272,6 +284,12 @@ fn run_prelude(spec: &MimSpec, root: &Path, ctx: &mut Context) -> JsResult<JsObj
     });
     let mim = JsValue::from_json(&info, ctx)?;
     let host = host_object(ctx);
+    host.set(
+        js_string!("responsePrototype"),
+        response_proto.clone(),
+        false,
+        ctx,
+    )?;
     if let Some(f) = prelude.as_callable() {
         f.call(&JsValue::undefined(), &[host.into(), mim.clone()], ctx)?;
     }

@@ -15,9 +15,10 @@ mod net;
 mod net_natives;
 mod outbound;
 mod request;
+mod response;
 mod ws;
 
-pub use host_api::{HostApi, LogLevel, Storage, StorageError};
+pub use host_api::{DiscardStorage, HostApi, LogLevel, Storage, StorageError};
 pub use isolate::{Isolate, LoadError, MimSpec};
 pub use net::{
     resolve_handler, ClientAnswer, ClientCall, ClientData, ClientEvent, ClientOp,

@@ -11,6 +11,7 @@ use boa_engine::object::ObjectInitializer;
 use boa_engine::{
     Context, JsArgs, JsError, JsNativeError, JsObject, JsResult, JsString, JsValue, NativeFunction,
 };
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
@@ -23,6 +24,8 @@ pub(crate) struct Bindings {
     pub root: PathBuf,
     /// Zero of `__host.now()`.
     pub started: Instant,
+    /// Frames `dispatchWebSocketEvent` queued since the last flush, in order.
+    pub pending: RefCell<Vec<String>>,
 }
 
 /// Clones the `Bindings` out of the context so natives can use the context freely.
@@ -33,12 +36,36 @@ pub(crate) fn bindings(ctx: &Context) -> JsResult<(Rc<dyn HostApi>, PathBuf)> {
     Ok((b.host.clone(), b.root.clone()))
 }
 
+/// Just the host behind this isolate (no copy of the root path: the per-request natives
+/// need nothing else).
+pub(crate) fn host(ctx: &Context) -> JsResult<Rc<dyn HostApi>> {
+    ctx.get_data::<Bindings>()
+        .map(|b| b.host.clone())
+        .ok_or_else(|| {
+            JsNativeError::error()
+                .with_message("mimhost bindings missing")
+                .into()
+        })
+}
+
+/// A JS string as a Rust string: a plain copy when it is valid UTF-16 (the usual case),
+/// else with its unpaired surrogates written as `\uXXXX` escapes, as it always was.
+pub(crate) fn rust_string(s: &JsString) -> String {
+    s.to_std_string()
+        .unwrap_or_else(|_| s.to_std_string_escaped())
+}
+
+/// `String(value)` as a Rust string.
+pub(crate) fn value_string(value: &JsValue, ctx: &mut Context) -> JsResult<String> {
+    match value.as_string() {
+        Some(s) => Ok(rust_string(&s)),
+        None => Ok(rust_string(&value.to_string(ctx)?)),
+    }
+}
+
 /// Argument `i` as a Rust string (undefined becomes `"undefined"`, as `String(x)` does).
 fn arg_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<String> {
-    Ok(args
-        .get_or_undefined(i)
-        .to_string(ctx)?
-        .to_std_string_escaped())
+    value_string(args.get_or_undefined(i), ctx)
 }
 
 /// Argument `i` as an optional string (null and undefined are `None`).
@@ -47,17 +74,12 @@ fn arg_opt_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<Opt
     if v.is_null_or_undefined() {
         Ok(None)
     } else {
-        Ok(Some(v.to_string(ctx)?.to_std_string_escaped()))
+        Ok(Some(value_string(v, ctx)?))
     }
 }
 
-/// Argument `i` as a request id.
-fn arg_id(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<u64> {
-    Ok(args.get_or_undefined(i).to_number(ctx)? as u64)
-}
-
 /// A JS array of strings as a Rust list.
-fn string_list(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<String>> {
+pub(crate) fn string_list(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<String>> {
     let Some(obj) = value.as_object() else {
         return Ok(Vec::new());
     };
@@ -65,18 +87,9 @@ fn string_list(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<String>> {
     let len = array.length(ctx)?;
     let mut out = Vec::with_capacity(len as usize);
     for i in 0..len {
-        out.push(array.get(i, ctx)?.to_string(ctx)?.to_std_string_escaped());
+        out.push(value_string(&array.get(i, ctx)?, ctx)?);
     }
     Ok(out)
-}
-
-/// A flat `[name, value, name, value…]` list as header pairs.
-fn header_pairs(value: &JsValue, ctx: &mut Context) -> JsResult<Vec<(String, String)>> {
-    let flat = string_list(value, ctx)?;
-    Ok(flat
-        .chunks_exact(2)
-        .map(|p| (p[0].clone(), p[1].clone()))
-        .collect())
 }
 
 fn storage_error(e: crate::StorageError) -> JsError {
@@ -84,7 +97,7 @@ fn storage_error(e: crate::StorageError) -> JsError {
 }
 
 fn log(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let level = LogLevel::from_name(&arg_string(args, 0, ctx)?);
     host.log(level, &arg_string(args, 1, ctx)?);
     Ok(JsValue::undefined())
@@ -97,20 +110,42 @@ fn now(_: &JsValue, _: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
     Ok(JsValue::from(started.elapsed().as_secs_f64() * 1000.0))
 }
 
-fn dispatch(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
-    host.dispatch(string_list(args.get_or_undefined(0), ctx)?);
+/// Sends the queued dispatch frames to the host as one batch (none queued: nothing).
+/// Called before an answer leaves and at the end of every handler, so dispatches keep
+/// their order against the answers around them.
+pub(crate) fn flush_dispatches(ctx: &mut Context) -> JsResult<()> {
+    let b = ctx
+        .get_data::<Bindings>()
+        .ok_or_else(|| JsNativeError::error().with_message("mimhost bindings missing"))?;
+    let batch = std::mem::take(&mut *b.pending.borrow_mut());
+    if !batch.is_empty() {
+        b.host.dispatch(batch);
+    }
+    Ok(())
+}
+
+fn queue_dispatch(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    let frame = arg_string(args, 0, ctx)?;
+    let b = ctx
+        .get_data::<Bindings>()
+        .ok_or_else(|| JsNativeError::error().with_message("mimhost bindings missing"))?;
+    b.pending.borrow_mut().push(frame);
+    Ok(JsValue::undefined())
+}
+
+fn flush_dispatches_native(_: &JsValue, _: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+    flush_dispatches(ctx)?;
     Ok(JsValue::undefined())
 }
 
 fn flush(_: &JsValue, _: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     host.flush();
     Ok(JsValue::undefined())
 }
 
 fn storage_get(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let key = arg_string(args, 0, ctx)?;
     Ok(match host.storage().get(&key).map_err(storage_error)? {
         Some(v) => JsValue::from(JsString::from(v.as_str())),
@@ -119,7 +154,7 @@ fn storage_get(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsV
 }
 
 fn storage_set(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let key = arg_string(args, 0, ctx)?;
     let value = arg_string(args, 1, ctx)?;
     let tag = arg_opt_string(args, 2, ctx)?;
@@ -130,14 +165,14 @@ fn storage_set(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsV
 }
 
 fn storage_remove(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let key = arg_string(args, 0, ctx)?;
     host.storage().remove(&key).map_err(storage_error)?;
     Ok(JsValue::undefined())
 }
 
 fn storage_items(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let tag = arg_opt_string(args, 0, ctx)?;
     let items = host
         .storage()
@@ -153,7 +188,7 @@ fn storage_items(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<J
 }
 
 fn storage_remove_by_tag(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let tag = arg_string(args, 0, ctx)?;
     let removed = host.storage().remove_by_tag(&tag).map_err(storage_error)?;
     Ok(JsValue::from(removed as f64))
@@ -182,49 +217,8 @@ fn compile(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue
     compile_common_js(&root, path.as_ref(), ctx)
 }
 
-fn http_start(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
-    let id = arg_id(args, 0, ctx)?;
-    let status = args.get_or_undefined(1).to_number(ctx)? as u16;
-    let headers = header_pairs(args.get_or_undefined(2), ctx)?;
-    host.http_start(id, status, headers);
-    Ok(JsValue::undefined())
-}
-
-fn http_chunk(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
-    let id = arg_id(args, 0, ctx)?;
-    host.http_chunk(id, crate::bytes::body_bytes(args.get_or_undefined(1), ctx)?);
-    Ok(JsValue::undefined())
-}
-
-fn http_end(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
-    host.http_end(arg_id(args, 0, ctx)?);
-    Ok(JsValue::undefined())
-}
-
-fn http_full(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
-    let id = arg_id(args, 0, ctx)?;
-    let status = args.get_or_undefined(1).to_number(ctx)? as u16;
-    let headers = header_pairs(args.get_or_undefined(2), ctx)?;
-    let body = crate::bytes::body_bytes(args.get_or_undefined(3), ctx)?;
-    host.http_full(id, status, headers, body);
-    Ok(JsValue::undefined())
-}
-
-fn ws_accept(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
-    let id = arg_id(args, 0, ctx)?;
-    let data = arg_string(args, 1, ctx)?;
-    let protocols = string_list(args.get_or_undefined(2), ctx)?;
-    host.ws_accept(id, data, protocols);
-    Ok(JsValue::undefined())
-}
-
 fn ws_op(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let op: WsOp = serde_json::from_str(&arg_string(args, 0, ctx)?)
         .map_err(|e| JsNativeError::typ().with_message(format!("bad websocket operation: {e}")))?;
     host.ws(op);
@@ -232,7 +226,7 @@ fn ws_op(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> 
 }
 
 fn ws_query(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let query: WsQuery = serde_json::from_str(&arg_string(args, 0, ctx)?)
         .map_err(|e| JsNativeError::typ().with_message(format!("bad websocket query: {e}")))?;
     let answer = match host.ws_query(query) {
@@ -249,14 +243,14 @@ fn ws_query(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValu
 }
 
 fn http_request(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let request: crate::OutboundHttpRequest = serde_json::from_str(&arg_string(args, 0, ctx)?)
         .map_err(|e| JsNativeError::typ().with_message(format!("bad HTTP request options: {e}")))?;
     Ok(JsValue::from(host.outbound_http(request) as f64))
 }
 
 fn delete_file(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
+    let host = host(ctx)?;
     let path = arg_string(args, 0, ctx)?;
     crate::file_area_path(&path)
         .map_err(|e| JsNativeError::error().with_message(format!("deleteFile: {e}")))?;
@@ -270,7 +264,8 @@ pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
     let functions: &[(&str, Native, usize)] = &[
         ("log", log, 2),
         ("now", now, 0),
-        ("dispatch", dispatch, 1),
+        ("queueDispatch", queue_dispatch, 1),
+        ("flushDispatches", flush_dispatches_native, 0),
         ("flush", flush, 0),
         ("storageGet", storage_get, 1),
         ("storageSet", storage_set, 3),
@@ -280,11 +275,9 @@ pub(crate) fn host_object(ctx: &mut Context) -> JsObject {
         ("resolve", resolve, 2),
         ("readSource", read_source, 1),
         ("compileCommonJs", compile, 1),
-        ("httpStart", http_start, 3),
-        ("httpChunk", http_chunk, 2),
-        ("httpEnd", http_end, 1),
-        ("httpFull", http_full, 4),
-        ("wsAccept", ws_accept, 3),
+        ("responseState", crate::response::state, 1),
+        ("responseReset", crate::response::reset, 2),
+        ("responseAccept", crate::response::accept, 3),
         ("wsOp", ws_op, 1),
         ("wsQuery", ws_query, 1),
         ("bytesToBase64", crate::bytes::bytes_to_base64, 1),

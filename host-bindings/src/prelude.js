@@ -194,10 +194,8 @@
 
   // ---- context -----------------------------------------------------------------
   var wsEnabled = mim.env.WEBSOCKET_SUPPORT === 'true' || mim.env['MCM.WEBSOCKET_SUPPORT'] === 'true';
-  var pendingDispatches = [];
-  function flushDispatches() {
-    if (pendingDispatches.length) { var batch = pendingDispatches; pendingDispatches = []; host.dispatch(batch); }
-  }
+  // Dispatch frames wait in a native queue until the handler ends or an answer leaves.
+  var flushDispatches = host.flushDispatches;
   function eachOf(tag, callback) {
     if (typeof callback !== 'function') throw new TypeError('storage iteration needs a callback (key, value) => …');
     var flat = host.storageItems(tag);
@@ -223,7 +221,7 @@
       if (options === undefined || options === null) { flushDispatches(); host.flush(); return; }
       var frame = { type: options.type };
       if (options.message !== undefined) frame.message = options.message;
-      pendingDispatches.push(JSON.stringify(frame));
+      host.queueDispatch(JSON.stringify(frame));
     },
     edge: {
       decryptEncryptedNodesJson: function (opts) { notOffered('decryptEncryptedNodesJson', opts); },
@@ -263,19 +261,23 @@
     get: addRoute('GET'), post: addRoute('POST'), put: addRoute('PUT'), patch: addRoute('PATCH'),
     delete: addRoute('DELETE'), all: addRoute('*'), head: addRoute('HEAD'), options: addRoute('OPTIONS')
   };
-  function matchRoute(method, path) {
+  /** The handler of the first route matching request `r`, with `r.params` set; null
+   *  when none matches. No object is made per request beyond `params` itself. */
+  function routeFor(r) {
+    var method = r.method, path = r.path;
     for (var i = 0; i < routes.length; i++) {
-      var r = routes[i];
-      if (r.method !== '*' && r.method !== method) continue;
-      if (r.literal !== null) {
-        if (path === r.literal || path === r.literal + '/') return { handler: r.handler, params: {} };
+      var route = routes[i];
+      if (route.method !== '*' && route.method !== method) continue;
+      if (route.literal !== null) {
+        if (path === route.literal || path === route.literal + '/') { r.params = {}; return route.handler; }
         continue;
       }
-      var m = r.regex.exec(path);
+      var m = route.regex.exec(path);
       if (!m) continue;
       var params = {};
-      for (var j = 0; j < r.names.length; j++) params[r.names[j]] = m[j + 1] === undefined ? '' : decodeQueryPart(m[j + 1]);
-      return { handler: r.handler, params: params };
+      for (var j = 0; j < route.names.length; j++) params[route.names[j]] = m[j + 1] === undefined ? '' : decodeQueryPart(m[j + 1]);
+      r.params = params;
+      return route.handler;
     }
     return null;
   }
@@ -311,21 +313,6 @@
   if (mim.entry) moduleCache[mim.entry] = mim.module;
 
   // ---- HTTP ----------------------------------------------------------------------
-  function sniffType(body) {
-    if (typeof body !== 'string') return 'application/octet-stream';
-    var c = body.charAt(0);
-    return c === '{' || c === '[' ? 'application/json' : 'text/plain; charset=utf-8';
-  }
-  function headerList(obj) {
-    var list = [];
-    if (!obj) return list;
-    for (var k in obj) {
-      var v = obj[k];
-      if (Array.isArray(v)) { for (var i = 0; i < v.length; i++) list.push(k, String(v[i])); }
-      else if (v !== undefined && v !== null) list.push(k, String(v));
-    }
-    return list;
-  }
   // A body to send: a string, or bytes (Uint8Array / ArrayBuffer) sent as they are.
   function bodyValue(body) {
     if (body === undefined || body === null) return '';
@@ -334,70 +321,49 @@
   }
   function bodyLength(body) { return typeof body === 'string' ? body.length : body.byteLength; }
 
-  /** The `response` object of route style and mimik bundles. */
-  function Response(id) {
-    this._id = id; this._headers = {}; this._started = false; this._done = false; this.statusCode = 200;
+  // The `response` object of route style and mimik bundles is native (response.rs:
+  // one prototype per isolate, `statusCode` its only own property, the headers and
+  // the answer's progress in native data). These methods are thin JavaScript over its
+  // native `setHeader`/`getHeader`/`end`.
+  var responseProto = host.responsePrototype;
+  function responseMethod(name, fn) {
+    Object.defineProperty(responseProto, name, { value: fn, writable: true, configurable: true });
   }
-  Response.prototype.setHeader = function (name, value) { this._headers[String(name).toLowerCase()] = value; return this; };
-  Response.prototype.getHeader = function (name) { return this._headers[String(name).toLowerCase()]; };
-  Response.prototype.removeHeader = function (name) { delete this._headers[String(name).toLowerCase()]; };
-  Response.prototype.status = function (code) { this.statusCode = code; return this; };
-  Response.prototype.writeHead = function (code, headers) {
+  responseMethod('writeHead', function writeHead(code, headers) {
     this.statusCode = code;
     if (headers) Object.keys(headers).forEach(function (k) { this.setHeader(k, headers[k]); }, this);
     return this;
-  };
-  Response.prototype.write = function (chunk) {
-    if (this._done) return false;
-    if (!this._started) {
-      this._started = true;
-      if (this._headers['content-type'] === undefined) this._headers['content-type'] = 'text/plain; charset=utf-8';
-      flushDispatches();
-      host.httpStart(this._id, Number(this.statusCode) || 200, headerList(this._headers));
-    }
-    var data = bodyValue(chunk);
-    if (bodyLength(data)) host.httpChunk(this._id, data);
-    return true;
-  };
-  Response.prototype.end = function (body) {
-    if (this._done) return;
-    if (this._started) {
-      if (body !== undefined && body !== null) this.write(body);
-      this._done = true;
-      host.httpEnd(this._id);
-      return;
-    }
-    this._done = true;
-    var data = bodyValue(body);
-    if (this._headers['content-type'] === undefined && bodyLength(data)) this._headers['content-type'] = sniffType(data);
-    flushDispatches();
-    host.httpFull(this._id, Number(this.statusCode) || 200, headerList(this._headers), data);
-  };
-  Response.prototype.send = function (body) {
+  });
+  responseMethod('send', function send(body) {
     if (body !== null && typeof body === 'object' && !isBytes(body)) return this.json(body);
     this.end(body);
-  };
-  Response.prototype.json = function (value) {
-    if (this._headers['content-type'] === undefined) this._headers['content-type'] = 'application/json';
+  });
+  responseMethod('json', function json(value) {
+    if (this.getHeader('content-type') === undefined) this.setHeader('content-type', 'application/json');
     this.end(JSON.stringify(value));
-  };
-  Response.prototype.fail = function (e) {
+  });
+  // `host.responseState`: what the response has sent so far.
+  var FRESH = 0, STREAMING = 1, ENDED = 2;
+  /** Answers 500 for a handler that threw or whose promise rejected (ends a streamed answer). */
+  function failResponse(res, e) {
     reportError(mim.name + ' handler', e);
+    var state = host.responseState(res);
+    if (state === ENDED) return;
+    if (state === STREAMING) { res.end(); return; }
     var message = e && e.message !== undefined ? String(e.message) : String(e);
-    if (this._started) { this._done = true; host.httpEnd(this._id); return; }
-    this.statusCode = 500; this._headers = { 'content-type': 'application/json' };
-    this._done = false;
-    this.end(JSON.stringify({ error: { status: 500, message: message } }));
-  };
-  /** Answers with a controller's return value `{status, body, contentType, headers}`. */
-  Response.prototype.fromController = function (result) {
-    if (this._done) return;
+    host.responseReset(res, ['content-type', 'application/json']);
+    res.statusCode = 500;
+    res.end(JSON.stringify({ error: { status: 500, message: message } }));
+  }
+  /** Answers with a controller's return value `{status, body, contentType, headers}`
+   *  (or accepts the WebSocket upgrade it asks for). */
+  function answerFromController(res, result, webSocket) {
+    if (host.responseState(res) === ENDED) return;
     if (result === undefined || result === null) result = {};
-    if (this._webSocket && typeof result === 'object' && result.webSocket) {
+    if (webSocket && typeof result === 'object' && result.webSocket) {
       var ws = result.webSocket === true ? {} : result.webSocket;
-      this._done = true;
       var data = ws.data === undefined ? null : ws.data;
-      host.wsAccept(this._id, JSON.stringify(data), (ws.subProtocols || []).map(String));
+      host.responseAccept(res, JSON.stringify(data), (ws.subProtocols || []).map(String));
       return;
     }
     if (typeof result !== 'object') result = { body: result };
@@ -410,9 +376,12 @@
     body = bodyValue(body);
     if (type) headers['content-type'] = type;
     else if (headers['content-type'] === undefined && bodyLength(body)) headers['content-type'] = typeof body === 'string' ? 'text/plain; charset=utf-8' : 'application/octet-stream';
-    this._headers = headers; this.statusCode = result.status === undefined ? 200 : Number(result.status);
-    this.end(body);
-  };
+    var flat = [];
+    Object.keys(headers).forEach(function (k) { flat.push(k, headers[k]); });
+    host.responseReset(res, flat);
+    res.statusCode = result.status === undefined ? 200 : Number(result.status);
+    res.end(body);
+  }
 
   function parseCookies(header) {
     var out = {};
@@ -451,35 +420,40 @@
   }
   function isThenable(v) { return v !== null && (typeof v === 'object' || typeof v === 'function') && typeof v.then === 'function'; }
 
-  /** Entry point: one HTTP request. `r` is the host's native request object (its
-   *  properties computed when read); route and mimik styles get it as it is. */
-  function handleHttp(id, r) {
-    var res = new Response(id), result, controller = false;
+  /** Entry point: one HTTP request. `r` and `res` are the host's native request and
+   *  response objects (request properties computed when read); route and mimik
+   *  styles get them as they are. */
+  function handleHttp(r, res) {
+    var result, controller = false, webSocket = false;
     try {
-      var route = matchRoute(r.method, r.path);
-      if (route) { r.params = route.params; result = route.handler(r, res); }
+      var handler = routeFor(r);
+      if (handler) result = handler(r, res);
       else if (typeof G.mimikModule.exports === 'function') { r.params = {}; result = G.mimikModule.exports(context, r, res); }
       else {
-        var handler = controllerHandler(r.method);
+        handler = controllerHandler(r.method);
         if (!handler) {
-          res.statusCode = 404; res._headers = { 'content-type': 'application/json' };
+          res.statusCode = 404;
+          res.setHeader('content-type', 'application/json');
           res.end(JSON.stringify({ error: { status: 404, message: 'no handler for ' + r.method + ' ' + r.path + ' in ' + mim.name } }));
           return;
         }
         controller = true;
-        res._webSocket = !!r.webSocket;
+        webSocket = !!r.webSocket;
         result = handler.call(controllerExports(), controllerRequest(r));
       }
     } catch (e) {
       flushDispatches();
-      res.fail(e);
+      failResponse(res, e);
       return;
     }
     flushDispatches();
-    if (isThenable(result)) {
-      result.then(function (v) { flushDispatches(); if (controller) res.fromController(v); },
-        function (e) { flushDispatches(); res.fail(e); });
-    } else if (controller) res.fromController(result);
+    if (result !== undefined && isThenable(result)) answerWhenSettled(result, res, controller, webSocket);
+    else if (controller) answerFromController(res, result, webSocket);
+  }
+  // Apart from handleHttp so that it has no closures (no environment made per request).
+  function answerWhenSettled(promise, res, controller, webSocket) {
+    promise.then(function (v) { flushDispatches(); if (controller) answerFromController(res, v, webSocket); },
+      function (e) { flushDispatches(); failResponse(res, e); });
   }
 
   // ---- WebSocket sessions ------------------------------------------------------------

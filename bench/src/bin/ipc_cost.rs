@@ -13,8 +13,8 @@
 use mimhost_bench::now_ns;
 use mimhost_bench::stats::Histogram;
 use mimhost_bindings::{
-    HostApi, HttpRequest, Isolate, LogLevel, MimSpec, SessionInfo, Storage, StorageError, WsAnswer,
-    WsOp, WsQuery,
+    DiscardStorage, HostApi, HttpRequest, Isolate, LogLevel, MimSpec, SessionInfo, Storage,
+    WsAnswer, WsOp, WsQuery,
 };
 use mimhost_runtime::supervisor::{Call, Reply, Supervisor, WorkerEvents, WorkerLimits};
 use serde_json::json;
@@ -29,28 +29,7 @@ use std::time::Duration;
 #[derive(Default)]
 struct NullHost {
     answered: Cell<u64>,
-    store: NullStore,
-}
-
-#[derive(Default)]
-struct NullStore;
-
-impl Storage for NullStore {
-    fn get(&self, _: &str) -> Result<Option<String>, StorageError> {
-        Ok(None)
-    }
-    fn set(&self, _: &str, _: &str, _: Option<&str>) -> Result<(), StorageError> {
-        Ok(())
-    }
-    fn remove(&self, _: &str) -> Result<(), StorageError> {
-        Ok(())
-    }
-    fn items(&self, _: Option<&str>) -> Result<Vec<(String, String)>, StorageError> {
-        Ok(Vec::new())
-    }
-    fn remove_by_tag(&self, _: &str) -> Result<usize, StorageError> {
-        Ok(0)
-    }
+    store: DiscardStorage,
 }
 
 impl HostApi for NullHost {
