@@ -94,6 +94,10 @@ struct ServeArgs {
     /// gather before it writes again (e.g. 20ms; 0 writes each as soon as it comes).
     #[arg(long, env = "MIMHOST_WS_COALESCE", default_value = "20ms", value_parser = parse_duration)]
     ws_coalesce: Duration,
+    /// How many frames per write a WebSocket session's window aims at: while a burst's
+    /// frames come faster, the window shortens (0: always the whole --ws-coalesce).
+    #[arg(long, env = "MIMHOST_WS_COALESCE_FRAMES", default_value_t = mimhost_runtime::config::DEFAULT_WS_COALESCE_FRAMES)]
+    ws_coalesce_frames: u32,
 }
 
 impl From<ServeArgs> for Config {
@@ -115,6 +119,7 @@ impl From<ServeArgs> for Config {
             max_queue: a.max_queue,
             max_queue_bytes: a.max_queue_bytes as usize,
             ws_coalesce: a.ws_coalesce,
+            ws_coalesce_frames: a.ws_coalesce_frames,
         }
     }
 }

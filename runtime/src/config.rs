@@ -41,11 +41,18 @@ pub struct Config {
     /// How long a WebSocket session that just wrote queued frames lets the next ones
     /// gather before its next write (fewer writes in a burst; zero turns it off).
     pub ws_coalesce: Duration,
+    /// How many frames per write a WebSocket session's window aims at: frames coming
+    /// faster shorten the window (at most `ws_coalesce`); zero keeps it fixed.
+    pub ws_coalesce_frames: u32,
 }
 
 /// The default of [`Config::ws_coalesce`]: see docs/benchmarks.md, "CPU per delivered
 /// frame", for what it buys and costs.
 pub const DEFAULT_WS_COALESCE: Duration = Duration::from_millis(20);
+
+/// The default of [`Config::ws_coalesce_frames`] (docs/benchmarks.md, "Sessions at
+/// scale, round 3").
+pub const DEFAULT_WS_COALESCE_FRAMES: u32 = 8;
 
 impl Default for Config {
     fn default() -> Self {
@@ -66,6 +73,7 @@ impl Default for Config {
             max_queue: crate::supervisor::QueueLimits::default().calls,
             max_queue_bytes: crate::supervisor::QueueLimits::default().bytes,
             ws_coalesce: DEFAULT_WS_COALESCE,
+            ws_coalesce_frames: DEFAULT_WS_COALESCE_FRAMES,
         }
     }
 }

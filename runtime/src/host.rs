@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> Result<(), HostError> {
     let hub = Arc::new(Hub::new(&node.node_id, backplane));
     hub.start_pinger(config.ping_interval);
     hub.set_coalesce(config.ws_coalesce);
+    hub.set_coalesce_frames(config.ws_coalesce_frames);
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));
     let (stop, shutdown) = crate::shutdown::signal();
     let seen = mims_dir::load_all(&registry, &config.mims, &node).await;

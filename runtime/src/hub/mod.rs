@@ -9,8 +9,11 @@
 //! single-node one.
 
 mod session;
+mod set;
 
 pub use session::{wake, Outgoing, SessionHandle, SessionKind};
+
+use set::SessionSet;
 
 use crate::frame::{binary_frame, close, text_frame};
 use crate::supervisor::WorkerEvents;
@@ -18,7 +21,7 @@ use base64::Engine;
 use bytes::Bytes;
 use mimhost_bindings::{SessionInfo, WsAnswer, WsOp, WsQuery};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -186,11 +189,11 @@ impl Backplane for LocalBackplane {
 #[derive(Default)]
 struct HubState {
     /// Every open session by id.
-    sessions: HashMap<String, Arc<SessionHandle>>,
+    sessions: SessionSet,
     /// Container -> its sessions on the dispatch channel.
-    channels: HashMap<String, HashMap<String, Arc<SessionHandle>>>,
+    channels: HashMap<String, SessionSet>,
     /// Container -> all of its sessions.
-    by_container: HashMap<String, HashMap<String, Arc<SessionHandle>>>,
+    by_container: HashMap<String, SessionSet>,
     /// (container, group) -> member session ids, in a stable order.
     groups: HashMap<(String, String), BTreeSet<String>>,
     /// (container, client id) -> sessions bound to it with `setClientId`.
@@ -218,6 +221,14 @@ pub struct Hub {
     /// How long a session lets a burst's frames gather between writes, in µs (see
     /// [`Hub::coalesce`]).
     coalesce_us: AtomicU64,
+    /// The frames per write a session's window aims at (see [`Hub::coalesce_frames`]).
+    coalesce_frames: AtomicU32,
+    /// Whether sessions spread their window ends (see [`Hub::coalesce_spread`]).
+    coalesce_spread: std::sync::atomic::AtomicBool,
+    /// µs of window per recipient of the latest broadcast (see [`Hub::coalesce`]).
+    coalesce_per_recipient_ns: AtomicU64,
+    /// Recipients of the latest broadcast (dispatch, `sendToAll`, `sendToGroup`).
+    fanout: AtomicU64,
 }
 
 impl Hub {
@@ -236,6 +247,17 @@ impl Hub {
             emptied: tokio::sync::Notify::new(),
             logs: Arc::default(),
             coalesce_us: AtomicU64::new(crate::config::DEFAULT_WS_COALESCE.as_micros() as u64),
+            coalesce_frames: AtomicU32::new(crate::config::DEFAULT_WS_COALESCE_FRAMES),
+            coalesce_spread: std::sync::atomic::AtomicBool::new(
+                std::env::var("MIMHOST_WS_SPREAD").map_or(true, |v| v != "0"),
+            ),
+            coalesce_per_recipient_ns: AtomicU64::new(
+                std::env::var("MIMHOST_WS_COALESCE_PER_RECIPIENT_NS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
+            fanout: AtomicU64::new(0),
         }
     }
 
@@ -249,7 +271,37 @@ impl Hub {
     /// The window a session lets frames gather in after a write, so a burst's frames
     /// leave in one `writev` per window instead of one `write` each.
     pub fn coalesce(&self) -> Duration {
-        Duration::from_micros(self.coalesce_us.load(Ordering::Relaxed))
+        let set = self.coalesce_us.load(Ordering::Relaxed);
+        if set == 0 {
+            return Duration::ZERO;
+        }
+        let scaled = self.fanout.load(Ordering::Relaxed)
+            * self.coalesce_per_recipient_ns.load(Ordering::Relaxed)
+            / 1000;
+        Duration::from_micros(set.max(scaled.min(1_000_000)))
+    }
+
+    /// Whether sessions end their windows at different points of the window's
+    /// second half, so a broadcast's sessions do not all wake in one timer tick.
+    pub fn coalesce_spread(&self) -> bool {
+        self.coalesce_spread.load(Ordering::Relaxed)
+    }
+
+    /// Records how many sessions a broadcast reached.
+    fn note_fanout(&self, recipients: usize) {
+        self.fanout.store(recipients as u64, Ordering::Relaxed);
+    }
+
+    /// Sets how many frames per write a session's window aims at
+    /// (`--ws-coalesce-frames`; zero: always the full `--ws-coalesce` window).
+    pub fn set_coalesce_frames(&self, frames: u32) {
+        self.coalesce_frames.store(frames, Ordering::Relaxed);
+    }
+
+    /// The frames per write a session aims at: its window shrinks while frames come
+    /// faster than that per `--ws-coalesce`, so a busy session's frames wait less.
+    pub fn coalesce_frames(&self) -> u32 {
+        self.coalesce_frames.load(Ordering::Relaxed)
     }
 
     /// A session id unique across nodes (node id) and restarts (start time).
@@ -345,13 +397,13 @@ impl Hub {
             st.channels
                 .entry(container.clone())
                 .or_default()
-                .insert(id.clone(), session.clone());
+                .insert(session.clone());
         }
         st.by_container
             .entry(container.clone())
             .or_default()
-            .insert(id.clone(), session.clone());
-        st.sessions.insert(id.clone(), session);
+            .insert(session.clone());
+        st.sessions.insert(session);
         drop(st);
         self.backplane
             .presence(&container, PresenceChange::Opened { session: id });
@@ -447,6 +499,7 @@ impl Hub {
         // Encoded once; then each session takes the whole batch under one lock and
         // one wake-up.
         let encoded: Vec<Bytes> = frames.iter().map(|text| text_frame(text)).collect();
+        self.note_fanout(members.len());
         for session in members.values() {
             self.deliver_all(session, &encoded);
         }
@@ -568,6 +621,7 @@ impl Hub {
                 };
                 let st = self.read();
                 let members = st.groups.get(&(container.to_string(), group));
+                self.note_fanout(members.map_or(0, |m| m.len()));
                 for id in members.into_iter().flatten() {
                     if let Some(s) = st.sessions.get(id) {
                         self.deliver(s, &frame);
@@ -579,12 +633,9 @@ impl Hub {
                     return;
                 };
                 let st = self.read();
-                for s in st
-                    .by_container
-                    .get(container)
-                    .into_iter()
-                    .flat_map(|m| m.values())
-                {
+                let all = st.by_container.get(container);
+                self.note_fanout(all.map_or(0, SessionSet::len));
+                for s in all.into_iter().flat_map(SessionSet::values) {
                     self.deliver(s, &frame);
                 }
             }
