@@ -21,7 +21,7 @@ use base64::Engine;
 use bytes::Bytes;
 use mimhost_bindings::{SessionInfo, WsAnswer, WsOp, WsQuery};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -202,6 +202,48 @@ struct HubState {
     kept: HashMap<(String, String), Vec<Bytes>>,
 }
 
+/// The longest a session's window may grow for a large broadcast.
+const MAX_WINDOW: Duration = Duration::from_secs(1);
+
+/// How sessions let frames gather between writes (set from the host's flags).
+#[derive(Debug, Clone, Copy)]
+pub struct WindowSettings {
+    /// `--ws-coalesce`: a session's first window after a write; zero turns windows off.
+    pub start: Duration,
+    /// `--ws-coalesce-frames`: frames per write a window aims at (0: fixed windows).
+    pub frames: u32,
+    /// `--ws-coalesce-per-session`: how much longer a window may grow per recipient of
+    /// the latest broadcast.
+    pub per_session: Duration,
+    /// Whether sessions end their windows at different points of its second half
+    /// (so a broadcast's sessions do not all wake in one timer tick).
+    pub spread: bool,
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        Self {
+            start: crate::config::DEFAULT_WS_COALESCE,
+            frames: crate::config::DEFAULT_WS_COALESCE_FRAMES,
+            per_session: crate::config::DEFAULT_WS_COALESCE_PER_SESSION,
+            spread: true,
+        }
+    }
+}
+
+/// What a session's window may be now (see [`Hub::window`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// The first window after a write (zero: no windows).
+    pub start: Duration,
+    /// The longest it may grow to.
+    pub max: Duration,
+    /// Frames per write aimed at (0: always `start`).
+    pub target: u32,
+    /// Whether to spread window ends.
+    pub spread: bool,
+}
+
 /// Most frames kept for one client id that is not connected (Mesa sync).
 const MAX_KEPT_PER_CLIENT: usize = 1024;
 
@@ -218,15 +260,8 @@ pub struct Hub {
     /// Each container's recent log lines: workers report through the hub (it is
     /// their [`WorkerEvents`]), the MCM API and the console read them here.
     pub logs: Arc<crate::logs::LogBook>,
-    /// How long a session lets a burst's frames gather between writes, in µs (see
-    /// [`Hub::coalesce`]).
-    coalesce_us: AtomicU64,
-    /// The frames per write a session's window aims at (see [`Hub::coalesce_frames`]).
-    coalesce_frames: AtomicU32,
-    /// Whether sessions spread their window ends (see [`Hub::coalesce_spread`]).
-    coalesce_spread: std::sync::atomic::AtomicBool,
-    /// µs of window per recipient of the latest broadcast (see [`Hub::coalesce`]).
-    coalesce_per_recipient_ns: AtomicU64,
+    /// How sessions let a burst's frames gather between writes (see [`Hub::window`]).
+    windows: RwLock<WindowSettings>,
     /// Recipients of the latest broadcast (dispatch, `sendToAll`, `sendToGroup`).
     fanout: AtomicU64,
 }
@@ -246,62 +281,39 @@ impl Hub {
             stats: RwLock::default(),
             emptied: tokio::sync::Notify::new(),
             logs: Arc::default(),
-            coalesce_us: AtomicU64::new(crate::config::DEFAULT_WS_COALESCE.as_micros() as u64),
-            coalesce_frames: AtomicU32::new(crate::config::DEFAULT_WS_COALESCE_FRAMES),
-            coalesce_spread: std::sync::atomic::AtomicBool::new(
-                std::env::var("MIMHOST_WS_SPREAD").map_or(true, |v| v != "0"),
-            ),
-            coalesce_per_recipient_ns: AtomicU64::new(
-                std::env::var("MIMHOST_WS_COALESCE_PER_RECIPIENT_NS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0),
-            ),
+            windows: RwLock::new(WindowSettings::default()),
             fanout: AtomicU64::new(0),
         }
     }
 
-    /// Sets how long a session that just wrote queued frames waits before it looks at
-    /// its queue again (`--ws-coalesce`; zero: write as soon as frames come).
-    pub fn set_coalesce(&self, window: Duration) {
-        let us = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
-        self.coalesce_us.store(us, Ordering::Relaxed);
+    /// Sets how sessions let a burst's frames gather between writes
+    /// (`--ws-coalesce`, `--ws-coalesce-frames`, `--ws-coalesce-per-session`).
+    pub fn set_windows(&self, settings: WindowSettings) {
+        *self.windows.write().unwrap_or_else(|p| p.into_inner()) = settings;
     }
 
     /// The window a session lets frames gather in after a write, so a burst's frames
-    /// leave in one `writev` per window instead of one `write` each.
-    pub fn coalesce(&self) -> Duration {
-        let set = self.coalesce_us.load(Ordering::Relaxed);
-        if set == 0 {
-            return Duration::ZERO;
+    /// leave in one `writev` per window instead of one `write` each: it starts at
+    /// `--ws-coalesce`, follows the rate frames come at, and may grow to
+    /// `--ws-coalesce-per-session` × the recipients of the latest broadcast (at most
+    /// 1 s), since writing each frame of a broadcast to N sessions alone costs about
+    /// N × 7 µs of CPU and a frame waits about that long anyway when the host is
+    /// short of it.
+    pub fn window(&self) -> Window {
+        let set = *self.windows.read().unwrap_or_else(|p| p.into_inner());
+        let fanout = u32::try_from(self.fanout.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        let scaled = set.per_session.saturating_mul(fanout).min(MAX_WINDOW);
+        Window {
+            start: set.start,
+            max: set.start.max(scaled),
+            target: set.frames,
+            spread: set.spread,
         }
-        let scaled = self.fanout.load(Ordering::Relaxed)
-            * self.coalesce_per_recipient_ns.load(Ordering::Relaxed)
-            / 1000;
-        Duration::from_micros(set.max(scaled.min(1_000_000)))
-    }
-
-    /// Whether sessions end their windows at different points of the window's
-    /// second half, so a broadcast's sessions do not all wake in one timer tick.
-    pub fn coalesce_spread(&self) -> bool {
-        self.coalesce_spread.load(Ordering::Relaxed)
     }
 
     /// Records how many sessions a broadcast reached.
     fn note_fanout(&self, recipients: usize) {
         self.fanout.store(recipients as u64, Ordering::Relaxed);
-    }
-
-    /// Sets how many frames per write a session's window aims at
-    /// (`--ws-coalesce-frames`; zero: always the full `--ws-coalesce` window).
-    pub fn set_coalesce_frames(&self, frames: u32) {
-        self.coalesce_frames.store(frames, Ordering::Relaxed);
-    }
-
-    /// The frames per write a session aims at: its window shrinks while frames come
-    /// faster than that per `--ws-coalesce`, so a busy session's frames wait less.
-    pub fn coalesce_frames(&self) -> u32 {
-        self.coalesce_frames.load(Ordering::Relaxed)
     }
 
     /// A session id unique across nodes (node id) and restarts (start time).

@@ -245,12 +245,7 @@ impl Session {
                     // first frame after a quiet spell still leaves at once.
                     // A message from the peer ends the window early, so a client
                     // answering each reply (an echo loop) is not slowed by it.
-                    let window = self.pace.after_write(
-                        frames,
-                        self.hub.coalesce(),
-                        self.hub.coalesce_frames(),
-                        self.hub.coalesce_spread(),
-                    );
+                    let window = self.pace.after_write(frames, &self.hub.window());
                     if !window.is_zero() {
                         self.handle.mute();
                         self.gather(window).await;
