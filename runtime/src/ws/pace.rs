@@ -40,9 +40,9 @@ fn micros(d: Duration) -> u64 {
 impl Pace {
     /// A pace for the session with `id`: its spread derives from the id.
     pub fn for_session(id: &str) -> Self {
-        let h = id
-            .bytes()
-            .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+        let h = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
         Self {
             spread: (h >> 24) as u8,
             ..Self::default()
