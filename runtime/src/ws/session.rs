@@ -137,6 +137,7 @@ impl Session {
     /// Not an `async fn`: one moves its arguments into locals, and the future keeps
     /// both the argument and the local (160 bytes twice); the block uses the session
     /// where it was captured.
+    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
     pub fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
             self.event("open", None, false, None);
