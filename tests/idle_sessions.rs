@@ -24,10 +24,11 @@ const CONNECTING: usize = 200;
 /// short that a loaded machine delays pongs that long).
 const PING: Duration = Duration::from_secs(1);
 /// Most RSS growth of the host per idle session. Measured (docs/benchmarks.md,
-/// "Memory per idle session"): 2.1–2.6 KiB in release builds, 2.1 KiB in the test
-/// profile, run to run as glibc's arenas fall; 6 KiB before issue 11. The bound is
-/// well above the spread and well below the old figure.
-const MAX_BYTES_PER_SESSION: u64 = 4 * 1024;
+/// "Memory per idle session" and "Sessions at scale, round 3"): 2.1–2.6 KiB in
+/// release builds, 2.1 KiB in the test profile, run to run as glibc's arenas fall;
+/// 6 KiB before issue 11. The bound is well above the spread (about ±200 bytes) and
+/// half the old figure.
+const MAX_BYTES_PER_SESSION: u64 = 3 * 1024;
 
 const NOTIFY: &str = "app.post('/notify', function (request, response) {\n\
     context.dispatchWebSocketEvent({ type: 'notification', message: 'hello all' });\n\

@@ -94,6 +94,15 @@ struct ServeArgs {
     /// gather before it writes again (e.g. 20ms; 0 writes each as soon as it comes).
     #[arg(long, env = "MIMHOST_WS_COALESCE", default_value = "20ms", value_parser = parse_duration)]
     ws_coalesce: Duration,
+    /// How many frames per write a WebSocket session's window aims at: while a burst's
+    /// frames come faster, the window shortens (0: always the whole --ws-coalesce).
+    #[arg(long, env = "MIMHOST_WS_COALESCE_FRAMES", default_value_t = mimhost_runtime::config::DEFAULT_WS_COALESCE_FRAMES)]
+    ws_coalesce_frames: u32,
+    /// How much longer a WebSocket session's window may grow per recipient of the latest
+    /// broadcast, when frames come slowly because the host is short of CPU (e.g. 100us:
+    /// 10,000 recipients may wait up to 1 s, the most; 0: never past --ws-coalesce).
+    #[arg(long, env = "MIMHOST_WS_COALESCE_PER_SESSION", default_value = "100us", value_parser = parse_duration)]
+    ws_coalesce_per_session: Duration,
 }
 
 impl From<ServeArgs> for Config {
@@ -115,6 +124,8 @@ impl From<ServeArgs> for Config {
             max_queue: a.max_queue,
             max_queue_bytes: a.max_queue_bytes as usize,
             ws_coalesce: a.ws_coalesce,
+            ws_coalesce_frames: a.ws_coalesce_frames,
+            ws_coalesce_per_session: a.ws_coalesce_per_session,
         }
     }
 }

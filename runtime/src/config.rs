@@ -41,11 +41,26 @@ pub struct Config {
     /// How long a WebSocket session that just wrote queued frames lets the next ones
     /// gather before its next write (fewer writes in a burst; zero turns it off).
     pub ws_coalesce: Duration,
+    /// How many frames per write a WebSocket session's window aims at: frames coming
+    /// faster shorten the window (at most `ws_coalesce`); zero keeps it fixed.
+    pub ws_coalesce_frames: u32,
+    /// How much longer than `ws_coalesce` a window may grow per recipient of the
+    /// latest broadcast (a large broadcast gathers longer when the host is short of
+    /// CPU); at most 1 s.
+    pub ws_coalesce_per_session: Duration,
 }
 
 /// The default of [`Config::ws_coalesce`]: see docs/benchmarks.md, "CPU per delivered
 /// frame", for what it buys and costs.
 pub const DEFAULT_WS_COALESCE: Duration = Duration::from_millis(20);
+
+/// The default of [`Config::ws_coalesce_frames`] (docs/benchmarks.md, "Sessions at
+/// scale, round 3").
+pub const DEFAULT_WS_COALESCE_FRAMES: u32 = 8;
+
+/// The default of [`Config::ws_coalesce_per_session`]: 1,000 recipients may wait up
+/// to 100 ms, 10,000 up to 1 s (docs/benchmarks.md, "Sessions at scale, round 3").
+pub const DEFAULT_WS_COALESCE_PER_SESSION: Duration = Duration::from_micros(100);
 
 impl Default for Config {
     fn default() -> Self {
@@ -66,6 +81,8 @@ impl Default for Config {
             max_queue: crate::supervisor::QueueLimits::default().calls,
             max_queue_bytes: crate::supervisor::QueueLimits::default().bytes,
             ws_coalesce: DEFAULT_WS_COALESCE,
+            ws_coalesce_frames: DEFAULT_WS_COALESCE_FRAMES,
+            ws_coalesce_per_session: DEFAULT_WS_COALESCE_PER_SESSION,
         }
     }
 }
@@ -81,13 +98,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("'{text}' is not a duration (try 30s or 500ms)"))?;
     let secs = match unit.trim() {
+        "us" | "µs" => n / 1e6,
         "ms" => n / 1000.0,
         "" | "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
         other => {
             return Err(format!(
-                "unknown duration unit '{other}' in '{text}' (use ms, s, m or h)"
+                "unknown duration unit '{other}' in '{text}' (use us, ms, s, m or h)"
             ))
         }
     };
@@ -126,6 +144,7 @@ mod tests {
     fn durations_and_sizes_parse() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("100us").unwrap(), Duration::from_micros(100));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("3 parsecs").is_err());
         assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);

@@ -9,8 +9,11 @@
 //! single-node one.
 
 mod session;
+mod set;
 
 pub use session::{wake, Outgoing, SessionHandle, SessionKind};
+
+use set::SessionSet;
 
 use crate::frame::{binary_frame, close, text_frame};
 use crate::supervisor::WorkerEvents;
@@ -221,11 +224,11 @@ impl Backplane for LocalBackplane {
 #[derive(Default)]
 struct HubState {
     /// Every open session by id.
-    sessions: HashMap<String, Arc<SessionHandle>>,
+    sessions: SessionSet,
     /// Container -> its sessions on the dispatch channel.
-    channels: HashMap<String, HashMap<String, Arc<SessionHandle>>>,
+    channels: HashMap<String, SessionSet>,
     /// Container -> all of its sessions.
-    by_container: HashMap<String, HashMap<String, Arc<SessionHandle>>>,
+    by_container: HashMap<String, SessionSet>,
     /// (container, group) -> member session ids, in a stable order.
     groups: HashMap<(String, String), BTreeSet<String>>,
     /// (container, client id) -> sessions bound to it with `setClientId`.
@@ -233,6 +236,48 @@ struct HubState {
     /// (Mesa namespace, client id) -> frames kept for a client id not connected
     /// (Mesa sync), for the first session of any container of the namespace to bind it.
     kept: HashMap<(String, String), Vec<Bytes>>,
+}
+
+/// The longest a session's window may grow for a large broadcast.
+const MAX_WINDOW: Duration = Duration::from_secs(1);
+
+/// How sessions let frames gather between writes (set from the host's flags).
+#[derive(Debug, Clone, Copy)]
+pub struct WindowSettings {
+    /// `--ws-coalesce`: a session's first window after a write; zero turns windows off.
+    pub start: Duration,
+    /// `--ws-coalesce-frames`: frames per write a window aims at (0: fixed windows).
+    pub frames: u32,
+    /// `--ws-coalesce-per-session`: how much longer a window may grow per recipient of
+    /// the latest broadcast.
+    pub per_session: Duration,
+    /// Whether sessions end their windows at different points of its second half
+    /// (so a broadcast's sessions do not all wake in one timer tick).
+    pub spread: bool,
+}
+
+impl Default for WindowSettings {
+    fn default() -> Self {
+        Self {
+            start: crate::config::DEFAULT_WS_COALESCE,
+            frames: crate::config::DEFAULT_WS_COALESCE_FRAMES,
+            per_session: crate::config::DEFAULT_WS_COALESCE_PER_SESSION,
+            spread: true,
+        }
+    }
+}
+
+/// What a session's window may be now (see [`Hub::window`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// The first window after a write (zero: no windows).
+    pub start: Duration,
+    /// The longest it may grow to.
+    pub max: Duration,
+    /// Frames per write aimed at (0: always `start`).
+    pub target: u32,
+    /// Whether to spread window ends.
+    pub spread: bool,
 }
 
 /// Most frames kept for one client id that is not connected (Mesa sync).
@@ -251,9 +296,10 @@ pub struct Hub {
     /// Each container's recent log lines: workers report through the hub (it is
     /// their [`WorkerEvents`]), the MCM API and the console read them here.
     pub logs: Arc<crate::logs::LogBook>,
-    /// How long a session lets a burst's frames gather between writes, in µs (see
-    /// [`Hub::coalesce`]).
-    coalesce_us: AtomicU64,
+    /// How sessions let a burst's frames gather between writes (see [`Hub::window`]).
+    windows: RwLock<WindowSettings>,
+    /// Recipients of the latest broadcast (dispatch, `sendToAll`, `sendToGroup`).
+    fanout: AtomicU64,
 }
 
 impl Hub {
@@ -271,21 +317,39 @@ impl Hub {
             stats: RwLock::default(),
             emptied: tokio::sync::Notify::new(),
             logs: Arc::default(),
-            coalesce_us: AtomicU64::new(crate::config::DEFAULT_WS_COALESCE.as_micros() as u64),
+            windows: RwLock::new(WindowSettings::default()),
+            fanout: AtomicU64::new(0),
         }
     }
 
-    /// Sets how long a session that just wrote queued frames waits before it looks at
-    /// its queue again (`--ws-coalesce`; zero: write as soon as frames come).
-    pub fn set_coalesce(&self, window: Duration) {
-        let us = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
-        self.coalesce_us.store(us, Ordering::Relaxed);
+    /// Sets how sessions let a burst's frames gather between writes
+    /// (`--ws-coalesce`, `--ws-coalesce-frames`, `--ws-coalesce-per-session`).
+    pub fn set_windows(&self, settings: WindowSettings) {
+        *self.windows.write().unwrap_or_else(|p| p.into_inner()) = settings;
     }
 
     /// The window a session lets frames gather in after a write, so a burst's frames
-    /// leave in one `writev` per window instead of one `write` each.
-    pub fn coalesce(&self) -> Duration {
-        Duration::from_micros(self.coalesce_us.load(Ordering::Relaxed))
+    /// leave in one `writev` per window instead of one `write` each: it starts at
+    /// `--ws-coalesce`, follows the rate frames come at, and may grow to
+    /// `--ws-coalesce-per-session` × the recipients of the latest broadcast (at most
+    /// 1 s), since writing each frame of a broadcast to N sessions alone costs about
+    /// N × 7 µs of CPU and a frame waits about that long anyway when the host is
+    /// short of it.
+    pub fn window(&self) -> Window {
+        let set = *self.windows.read().unwrap_or_else(|p| p.into_inner());
+        let fanout = u32::try_from(self.fanout.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        let scaled = set.per_session.saturating_mul(fanout).min(MAX_WINDOW);
+        Window {
+            start: set.start,
+            max: set.start.max(scaled),
+            target: set.frames,
+            spread: set.spread,
+        }
+    }
+
+    /// Records how many sessions a broadcast reached.
+    fn note_fanout(&self, recipients: usize) {
+        self.fanout.store(recipients as u64, Ordering::Relaxed);
     }
 
     /// A session id unique across nodes (node id) and restarts (start time).
@@ -381,13 +445,13 @@ impl Hub {
             st.channels
                 .entry(container.clone())
                 .or_default()
-                .insert(id.clone(), session.clone());
+                .insert(session.clone());
         }
         st.by_container
             .entry(container.clone())
             .or_default()
-            .insert(id.clone(), session.clone());
-        st.sessions.insert(id.clone(), session);
+            .insert(session.clone());
+        st.sessions.insert(session);
         drop(st);
         self.backplane
             .presence(&container, PresenceChange::Opened { session: id });
@@ -483,6 +547,7 @@ impl Hub {
         // Encoded once; then each session takes the whole batch under one lock and
         // one wake-up.
         let encoded: Vec<Bytes> = frames.iter().map(|text| text_frame(text)).collect();
+        self.note_fanout(members.len());
         for session in members.values() {
             self.deliver_all(session, &encoded);
         }
@@ -613,6 +678,7 @@ impl Hub {
                 };
                 let st = self.read();
                 let members = st.groups.get(&(container.to_string(), group));
+                self.note_fanout(members.map_or(0, |m| m.len()));
                 for id in members.into_iter().flatten() {
                     if let Some(s) = st.sessions.get(id) {
                         self.deliver(s, &frame);
@@ -624,12 +690,9 @@ impl Hub {
                     return;
                 };
                 let st = self.read();
-                for s in st
-                    .by_container
-                    .get(container)
-                    .into_iter()
-                    .flat_map(|m| m.values())
-                {
+                let all = st.by_container.get(container);
+                self.note_fanout(all.map_or(0, SessionSet::len));
+                for s in all.into_iter().flat_map(SessionSet::values) {
                     self.deliver(s, &frame);
                 }
             }

@@ -144,6 +144,12 @@ impl SessionHandle {
         drop(self.waker.take());
     }
 
+    /// Whether frames (or a close) were queued since the task last looked (for the
+    /// task, after a window of gathering: did anything come?).
+    pub fn has_queued(&self) -> bool {
+        self.wakes.load(Ordering::Acquire) & wake::QUEUED != 0
+    }
+
     /// Asks the session's task to ping its peer (or reap it if it stayed silent).
     pub fn ping(&self) {
         self.wake(wake::PING);

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod clients;
 pub mod codec;
+mod pace;
 mod session;
 mod upgrade;
 

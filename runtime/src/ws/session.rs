@@ -9,6 +9,7 @@
 //! lingering) are boxed so their futures do not size every idle session's task.
 
 use super::codec::{Decoder, Incoming, Violation};
+use super::pace::Pace;
 use crate::frame::{close, close_frame, pong_frame};
 use crate::hub::{wake, Hub, SessionHandle};
 use crate::registry::Container;
@@ -63,6 +64,8 @@ pub struct Session {
     unsent: VecDeque<Bytes>,
     /// Whether the peer sent anything since the last ping.
     heard: bool,
+    /// How long to let frames gather after a write.
+    pace: Pace,
 }
 
 /// Why the task woke.
@@ -89,9 +92,9 @@ enum Closing {
 enum Flushed {
     /// Took nothing from the queue (or the socket is full).
     Nothing,
-    /// Took frames from the queue and wrote them all; `full` when it took a whole
-    /// batch (so more may wait).
-    Wrote { full: bool },
+    /// Took `frames` frames from the queue and wrote them all; `full` when it took a
+    /// whole batch (so more may wait).
+    Wrote { full: bool, frames: usize },
     /// The queue asked to close.
     Closing(Closing),
 }
@@ -114,6 +117,7 @@ impl Session {
         hub: Arc<Hub>,
         max_message: usize,
     ) -> Self {
+        let pace = Pace::for_session(&handle.info.id);
         Self {
             stream,
             handle,
@@ -124,15 +128,23 @@ impl Session {
             decoder: None,
             unsent: VecDeque::new(),
             heard: true,
+            pace,
         }
     }
 
     /// Runs the session until either side closes it.
-    pub async fn run(mut self) {
-        self.event("open", None, false, None);
-        let code = self.serve().await;
-        self.hub.unregister(&self.handle);
-        self.event("close", None, false, Some(code));
+    ///
+    /// Not an `async fn`: one moves its arguments into locals, and the future keeps
+    /// both the argument and the local (160 bytes twice); the block uses the session
+    /// where it was captured.
+    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+    pub fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            self.event("open", None, false, None);
+            let code = self.serve().await;
+            self.hub.unregister(&self.handle);
+            self.event("close", None, false, Some(code));
+        }
     }
 
     /// Whether the container's code hears this session's events: through
@@ -228,18 +240,23 @@ impl Session {
             match self.flush() {
                 Err(()) => return 1006,
                 Ok(Flushed::Closing(closing)) => return Box::pin(self.close(closing)).await,
-                Ok(Flushed::Wrote { full: false }) => {
+                Ok(Flushed::Wrote {
+                    full: false,
+                    frames,
+                }) => {
                     // Wrote what was queued: let the frames of the dispatches that come
                     // meanwhile gather (without each waking the task) and write them
-                    // in one go (`Hub::coalesce`). In a burst this turns one `write`
-                    // per frame (~7 µs of CPU each on loopback) into one per window;
-                    // the first frame after a quiet spell still leaves at once.
+                    // in one go. In a burst this turns one `write` per frame (~7 µs of
+                    // CPU each on loopback) into one per window; the window follows
+                    // the rate frames come at (`Pace`), at most `--ws-coalesce`; the
+                    // first frame after a quiet spell still leaves at once.
                     // A message from the peer ends the window early, so a client
                     // answering each reply (an echo loop) is not slowed by it.
-                    let window = self.hub.coalesce();
+                    let window = self.pace.after_write(frames, &self.hub.window());
                     if !window.is_zero() {
                         self.handle.mute();
                         self.gather(window).await;
+                        self.pace.gathered(self.handle.has_queued());
                     }
                 }
                 Ok(_) => {
@@ -354,11 +371,13 @@ impl Session {
         if self.write_unsent().map_err(|_| ())? {
             let closing = self.handle.take_batch(&mut self.unsent, MAX_BATCH);
             let taken: usize = self.unsent.iter().map(Bytes::len).sum();
+            let frames = self.unsent.len();
             let written = self.write_unsent().map_err(|_| ())?;
             flushed = match closing {
                 Some((code, reason)) => Flushed::Closing(Closing::Queued(code, reason)),
                 None if taken > 0 && written => Flushed::Wrote {
                     full: taken >= MAX_BATCH,
+                    frames,
                 },
                 None => Flushed::Nothing,
             };
@@ -518,6 +537,23 @@ fn size_text(n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The size of the future a `fn(Session) -> F` returns.
+    fn future_size<F: std::future::Future>(_: fn(super::Session) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn an_idle_session_task_stays_small() {
+        let size = future_size(super::Session::run);
+        eprintln!(
+            "session future: {size} bytes, Session: {}",
+            std::mem::size_of::<super::Session>()
+        );
+        // tokio aligns a task's cell to 128 bytes, and the cell is the future and
+        // ~96 bytes: at most 416 keeps an idle session's task in 512.
+        assert!(size <= 416, "the session's future grew to {size} bytes");
+    }
+
     #[test]
     fn sizes_read_naturally() {
         assert_eq!(super::size_text(1 << 20), "1 MiB");
