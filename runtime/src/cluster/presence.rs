@@ -264,6 +264,9 @@ pub(super) async fn refresh_loop(cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut joined_before = false;
+    // Set when Redis came back; cleared by the first refresh that succeeds after it
+    // (the first try may meet a connection that is not back yet).
+    let report = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let returned = tokio::select! {
             _ = tick.tick() => false,
@@ -284,14 +287,17 @@ pub(super) async fn refresh_loop(cluster: Arc<Cluster>) {
         // Taken now and written in queue order, so a session closed after this
         // snapshot is removed after it is refreshed, never before.
         let snapshot = hub.presence_snapshot();
-        let say_so = returned && joined_before;
+        if returned && joined_before {
+            report.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         joined_before |= returned;
         let weak = Arc::downgrade(&cluster);
+        let report = report.clone();
         cluster.enqueue(Box::new(move |mut con| {
             Box::pin(async move {
                 let Some(cluster) = weak.upgrade() else { return };
                 match refresh(&cluster, &mut con, &snapshot).await {
-                    Ok(()) if say_so => {
+                    Ok(()) if report.swap(false, std::sync::atomic::Ordering::Relaxed) => {
                         let groups: usize = snapshot.iter().map(|s| s.groups.len()).sum();
                         let clients = snapshot.iter().filter(|s| s.client.is_some()).count();
                         tracing::info!(node = %cluster.node_id,
