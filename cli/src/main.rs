@@ -101,7 +101,7 @@ struct ServeArgs {
     /// How much longer a WebSocket session's window may grow per recipient of the latest
     /// broadcast, when frames come slowly because the host is short of CPU (e.g. 100us:
     /// 10,000 recipients may wait up to 1 s, the most; 0: never past --ws-coalesce).
-    #[arg(long, env = "MIMHOST_WS_COALESCE_PER_SESSION", default_value = "100us", value_parser = parse_duration)]
+    #[arg(long, env = "MIMHOST_WS_COALESCE_PER_SESSION", default_value = "0", value_parser = parse_duration)]
     ws_coalesce_per_session: Duration,
 }
 

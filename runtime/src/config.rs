@@ -58,9 +58,11 @@ pub const DEFAULT_WS_COALESCE: Duration = Duration::from_millis(20);
 /// scale, round 3").
 pub const DEFAULT_WS_COALESCE_FRAMES: u32 = 8;
 
-/// The default of [`Config::ws_coalesce_per_session`]: 1,000 recipients may wait up
-/// to 100 ms, 10,000 up to 1 s (docs/benchmarks.md, "Sessions at scale, round 3").
-pub const DEFAULT_WS_COALESCE_PER_SESSION: Duration = Duration::from_micros(100);
+/// The default of [`Config::ws_coalesce_per_session`]: none, so a window never
+/// grows past `--ws-coalesce`. Measured on a quiet machine, 100 µs (1,000 recipients
+/// may wait up to 100 ms) cut CPU per delivery from ~4 to ~1.6 µs but made a burst's
+/// p99 2.5–3× longer (docs/benchmarks.md, "Sessions at scale, round 3": the default).
+pub const DEFAULT_WS_COALESCE_PER_SESSION: Duration = Duration::ZERO;
 
 impl Default for Config {
     fn default() -> Self {
