@@ -158,13 +158,7 @@ impl Backplane for ClusterBackplane {
 
     fn mesa_containers(&self, container: &str, namespace: Option<&str>) -> Vec<String> {
         let namespace = namespace.map_or_else(|| self.0.namespace(container), str::to_string);
-        self.0
-            .hub()
-            .map(|hub| hub.local_containers())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| self.0.namespace(c) == namespace)
-            .collect()
+        self.0.containers_in(&namespace)
     }
 
     fn namespace(&self, container: &str) -> String {

@@ -362,9 +362,9 @@ async fn refresh(
         .query_async(con)
         .await?;
     let now = now_ms();
+    let reap = redis::Script::new(REAP);
     for namespace in namespaces {
-        redis::Script::new(REAP)
-            .key(keys::connected_clients(&namespace))
+        reap.key(keys::connected_clients(&namespace))
             .arg(keys::holders(&namespace, ""))
             .arg(now)
             .invoke_async::<i64>(con)

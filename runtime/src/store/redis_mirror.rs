@@ -250,7 +250,7 @@ fn refresh_once(
     mirror: &Mirror,
 ) -> redis::RedisResult<()> {
     let version: Option<i64> = redis::cmd("GET").arg(keys.version()).query(c)?;
-    if mirror.version().is_some() && mirror.version() == Some(version.unwrap_or(0)) {
+    if mirror.version() == Some(version.unwrap_or(0)) {
         return Ok(());
     }
     let flat: Vec<String> = dump
