@@ -12,6 +12,7 @@
 mod call;
 mod frames;
 mod spawn;
+mod spin;
 mod table;
 mod writer;
 
@@ -146,7 +147,9 @@ struct Live {
 
 /// What [`Supervisor::submit`] leaves the caller to wait for.
 enum Ticket {
-    Http(mpsc::UnboundedReceiver<Part>),
+    /// The answer's parts, and whether the call found the worker with nothing else
+    /// in hand (then it is worth waiting for awake: see [`spin::awake`]).
+    Http(mpsc::UnboundedReceiver<Part>, bool),
     Queued,
     Load(oneshot::Receiver<Result<(), InvokeError>>, MimSpec),
 }
@@ -261,12 +264,13 @@ impl Supervisor {
                     parts,
                     parked: Some(request),
                 };
-                self.submit(waiter, bytes, true).map(|()| Ticket::Http(rx))
+                self.submit(waiter, bytes, true)
+                    .map(|lone| Ticket::Http(rx, lone))
             }
             Call::Event(event) => {
                 let bytes = event_bytes(event.message.as_deref());
                 self.submit(Waiter::Event(Inbound::Session(event)), bytes, true)
-                    .map(|()| Ticket::Queued)
+                    .map(|_| Ticket::Queued)
             }
             Call::Load(spec) => {
                 let (reply, rx) = oneshot::channel();
@@ -275,21 +279,22 @@ impl Supervisor {
                     parked: Some(spec.clone()),
                 };
                 self.submit(waiter, 0, false)
-                    .map(|()| Ticket::Load(rx, spec))
+                    .map(|_| Ticket::Load(rx, spec))
             }
         };
         async move {
             match ticket? {
                 Ticket::Queued => Ok(Reply::Queued),
-                Ticket::Http(rx) => self.first_part(rx).await,
+                Ticket::Http(rx, lone) => self.first_part(rx, lone).await,
                 Ticket::Load(rx, spec) => self.loaded(rx, spec).await,
             }
         }
     }
 
     /// Puts a call in the table: written to the live worker, or parked until one is
-    /// live. Requests and events count against the queue limits.
-    fn submit(&self, waiter: Waiter, bytes: usize, bounded: bool) -> Result<(), InvokeError> {
+    /// live. Requests and events count against the queue limits. True when it was
+    /// the only call in the table (a lone call, answered soon unless slow).
+    fn submit(&self, waiter: Waiter, bytes: usize, bounded: bool) -> Result<bool, InvokeError> {
         let mut calls = lock(&self.calls);
         if self.stopped.load(Ordering::Relaxed) {
             return Err(InvokeError::Stopped);
@@ -305,20 +310,26 @@ impl Supervisor {
             bytes,
             bounded,
         };
+        let lone = calls.entries.is_empty() && calls.live.is_some();
         let (_, earlier) = calls.add(entry, None, &self.store_dir);
         drop(calls);
         if earlier {
             self.wake.notify_one();
         }
-        Ok(())
+        Ok(lone)
     }
 
     /// Turns the first part of an HTTP answer into a [`Reply`].
     async fn first_part(
         &self,
         mut rx: mpsc::UnboundedReceiver<Part>,
+        lone: bool,
     ) -> Result<Reply, InvokeError> {
-        match rx.recv().await {
+        let first = match lone {
+            true => spin::awake(crate::ipc::spin_time(), rx.recv()).await,
+            false => rx.recv().await,
+        };
+        match first {
             Some(Part::Full {
                 status,
                 headers,

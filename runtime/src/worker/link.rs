@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The host went away or spoke gibberish: the worker must exit.
 #[derive(Debug)]
@@ -18,6 +18,11 @@ pub struct Link {
     inbox: Vec<u8>,
     chunk: Box<[u8]>,
     backlog: VecDeque<ToWorker>,
+    spin: Duration,
+    /// How many messages the last read brought: one means calls come one at a time
+    /// (a lone client, worth spinning for); many mean the worker is busy (its next
+    /// calls queue while it works, so spinning would only take a core from others).
+    last_read: usize,
 }
 
 impl Link {
@@ -29,6 +34,8 @@ impl Link {
             inbox: Vec::new(),
             chunk: vec![0; 64 * 1024].into_boxed_slice(),
             backlog: VecDeque::new(),
+            spin: crate::ipc::spin_time(),
+            last_read: 0,
         }
     }
 
@@ -38,10 +45,12 @@ impl Link {
         if !self.backlog.is_empty() {
             return Ok(self.backlog.drain(..).collect());
         }
-        if !self.wait_readable(timeout) {
+        if !self.spin_readable() && !self.wait_readable(timeout) {
+            self.last_read = 0;
             return Ok(Vec::new());
         }
         self.read_some()?;
+        self.last_read = self.backlog.len();
         Ok(self.backlog.drain(..).collect())
     }
 
@@ -71,6 +80,26 @@ impl Link {
         })?;
         self.backlog.extend(messages);
         Ok(())
+    }
+
+    /// Checks the socket for up to [`crate::ipc::spin_time`] after a turn of one
+    /// call, giving the core to any other runnable thread between checks; true as
+    /// soon as it is readable. A busy worker finds its next calls at once or took
+    /// many at its last read, and does not spin.
+    fn spin_readable(&self) -> bool {
+        if self.spin.is_zero() || self.last_read != 1 {
+            return false;
+        }
+        let until = Instant::now() + self.spin;
+        loop {
+            if self.wait_readable(Some(Duration::ZERO)) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::yield_now();
+        }
     }
 
     fn wait_readable(&self, timeout: Option<Duration>) -> bool {
