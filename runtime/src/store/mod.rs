@@ -7,6 +7,7 @@
 
 mod redis_mirror;
 mod redis_store;
+mod room;
 mod sled_store;
 mod wal;
 

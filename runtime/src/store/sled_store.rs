@@ -18,6 +18,7 @@
 //! so a leftover entry is never seen, and the log's replay rewrites every logged key
 //! whole.
 
+use super::room::Room;
 use super::wal::{self, Op, Wal, WalError};
 use mimhost_bindings::{Storage, StorageError};
 use serde::{Deserialize, Serialize};
@@ -28,11 +29,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Page cache per store; the sled default (1 GiB) is far too big per container.
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
-/// Space a write leaves free on the store's disk. sled does not survive running out:
-/// its flush can hang, it refuses every write until reopened, and reopening needs
-/// space. So a write that would eat into this reserve fails first, with a clear
-/// error, and reads go on.
-const RESERVE_BYTES: u64 = 2 * 1024 * 1024;
 
 /// One stored item.
 #[derive(Serialize, Deserialize)]
@@ -197,6 +193,8 @@ pub struct SledStore {
     epoch: Cell<u64>,
     next_seq: Cell<u64>,
     shared: Arc<Shared>,
+    /// Refuses writes that would fill the disk (sled does not survive running out).
+    room: Room,
 }
 
 /// The records of the writes one turn made, to be made durable from another thread:
@@ -326,6 +324,7 @@ impl SledStore {
             epoch: Cell::new(0),
             next_seq: Cell::new(next_seq),
             shared,
+            room: Room::new(dir),
         })
     }
 
@@ -369,7 +368,7 @@ impl SledStore {
         f: impl FnOnce(&Trees) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
         if let Some(bytes) = write {
-            self.check_room(bytes)?;
+            self.room.check(bytes)?;
         }
         if (write.is_some() && self.shared.failed.load(Ordering::SeqCst))
             || self.open.borrow().is_none()
@@ -381,19 +380,6 @@ impl SledStore {
             .as_ref()
             .ok_or_else(|| StorageError("the store is not open".into()))?;
         f(trees)
-    }
-
-    /// Refuses a write of `bytes` that would leave less than the reserve free.
-    fn check_room(&self, bytes: usize) -> Result<(), StorageError> {
-        let need = RESERVE_BYTES + 2 * bytes as u64;
-        match free_bytes(&self.dir) {
-            Some(free) if free < need => Err(StorageError(format!(
-                "no space left for the store: {} KiB free on its disk, a write keeps {} KiB free",
-                free / 1024,
-                RESERVE_BYTES / 1024
-            ))),
-            _ => Ok(()),
-        }
     }
 
     /// Drops the database (sled locks it) and opens it again, replaying the log.
@@ -426,16 +412,6 @@ impl SledStore {
         self.with(room, f)
             .inspect_err(|_| self.shared.failed.store(true, Ordering::SeqCst))
     }
-}
-
-/// Bytes free for unprivileged writers on the file system holding `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 impl Storage for SledStore {
