@@ -10,7 +10,7 @@
 
 use mimhost_bindings::StorageError;
 use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Space a write leaves free on the store's disk.
@@ -37,22 +37,15 @@ impl Checked {
 }
 
 /// The room check of one store (used from its JavaScript thread only).
+#[derive(Default)]
 pub(super) struct Room {
-    dir: PathBuf,
     last: Cell<Option<Checked>>,
 }
 
 impl Room {
-    /// Checks room on the disk holding `dir`.
-    pub(super) fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_path_buf(),
-            last: Cell::new(None),
-        }
-    }
-
-    /// Refuses a write of `bytes` that would leave less than the reserve free.
-    pub(super) fn check(&self, bytes: usize) -> Result<(), StorageError> {
+    /// Refuses a write of `bytes` to the store in `dir` that would leave less than
+    /// the reserve free on its disk.
+    pub(super) fn check(&self, dir: &Path, bytes: usize) -> Result<(), StorageError> {
         // A write may take twice its size on disk (the log, then sled's checkpoint).
         let cost = 2 * bytes as u64;
         let need = RESERVE_BYTES.saturating_add(cost);
@@ -66,7 +59,7 @@ impl Room {
                 return Ok(());
             }
         }
-        let Some(free) = free_bytes(&self.dir) else {
+        let Some(free) = free_bytes(dir) else {
             self.last.set(None);
             return Ok(());
         };
@@ -135,11 +128,11 @@ mod tests {
     #[test]
     fn a_real_disk_answers_and_refuses_a_write_larger_than_it() {
         let dir = std::env::temp_dir();
-        let room = Room::new(&dir);
-        assert!(room.check(16).is_ok());
-        assert!(room.check(16).is_ok(), "the cached answer");
+        let room = Room::default();
+        assert!(room.check(&dir, 16).is_ok());
+        assert!(room.check(&dir, 16).is_ok(), "the cached answer");
         let error = room
-            .check(usize::MAX / 4)
+            .check(&dir, usize::MAX / 4)
             .expect_err("larger than any disk");
         assert!(error.0.contains("no space left"), "{}", error.0);
     }

@@ -324,7 +324,7 @@ impl SledStore {
             epoch: Cell::new(0),
             next_seq: Cell::new(next_seq),
             shared,
-            room: Room::new(dir),
+            room: Room::default(),
         })
     }
 
@@ -368,7 +368,7 @@ impl SledStore {
         f: impl FnOnce(&Trees) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
         if let Some(bytes) = write {
-            self.room.check(bytes)?;
+            self.room.check(&self.dir, bytes)?;
         }
         if (write.is_some() && self.shared.failed.load(Ordering::SeqCst))
             || self.open.borrow().is_none()
