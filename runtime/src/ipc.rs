@@ -18,19 +18,32 @@ pub const MAX_FRAME: usize = 256 * 1024 * 1024;
 pub const SPIN_ENV: &str = "MIMHOST_SPIN_US";
 
 /// How long either side keeps checking for the other's next message before it lets
-/// its thread sleep: the worker after a turn, the host while a lone call runs.
-/// Waking a sleeping thread costs a hand-off of 25–150 µs (more on an idle virtual
-/// machine); a message that comes within this time costs none. 150 µs unless
-/// [`SPIN_ENV`] says otherwise; 0 never spins.
+/// its thread sleep: the worker after a turn of one call, the host while a lone call
+/// runs. Waking a sleeping thread costs a hand-off of 25–150 µs (more on an idle
+/// virtual machine); a message that comes within this time usually costs none. 150 µs
+/// unless [`SPIN_ENV`] says otherwise (at most [`MAX_SPIN`]); 0 never spins.
 pub fn spin_time() -> std::time::Duration {
     static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let micros = std::env::var(SPIN_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(150);
-        std::time::Duration::from_micros(micros)
-    })
+    *SPIN.get_or_init(|| spin_from(std::env::var(SPIN_ENV).ok().as_deref()))
+}
+
+/// The longest spin [`SPIN_ENV`] may ask for: past a few hundred microseconds a
+/// sleeping thread's wake-up is the cheaper wait.
+pub const MAX_SPIN: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// [`spin_time`] for the env var's value (`None`: unset).
+fn spin_from(value: Option<&str>) -> std::time::Duration {
+    const DEFAULT: std::time::Duration = std::time::Duration::from_micros(150);
+    let Some(value) = value else {
+        return DEFAULT;
+    };
+    match value.trim().parse::<u64>() {
+        Ok(micros) => std::time::Duration::from_micros(micros).min(MAX_SPIN),
+        Err(_) => {
+            eprintln!("mimhost: {SPIN_ENV}={value:?} is not a number of microseconds; using 150");
+            DEFAULT
+        }
+    }
 }
 
 /// Host -> worker.
@@ -230,6 +243,16 @@ pub fn decode_frames<T: for<'de> Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_spin_is_150_us_unless_set_and_never_over_the_cap() {
+        assert_eq!(spin_from(None), Duration::from_micros(150));
+        assert_eq!(spin_from(Some("0")), Duration::ZERO);
+        assert_eq!(spin_from(Some(" 40 ")), Duration::from_micros(40));
+        assert_eq!(spin_from(Some("10000000")), MAX_SPIN);
+        assert_eq!(spin_from(Some("fast")), Duration::from_micros(150));
+    }
 
     #[test]
     fn frames_round_trip_in_one_buffer_and_split() {

@@ -147,9 +147,12 @@ struct Live {
 
 /// What [`Supervisor::submit`] leaves the caller to wait for.
 enum Ticket {
-    /// The answer's parts, and whether the call found the worker with nothing else
-    /// in hand (then it is worth waiting for awake: see [`spin::awake`]).
-    Http(mpsc::UnboundedReceiver<Part>, bool),
+    /// The answer's parts, and whether the call found a live worker with nothing
+    /// else in hand (then it is worth waiting for awake: see [`spin::awake`]).
+    Http {
+        parts: mpsc::UnboundedReceiver<Part>,
+        lone: bool,
+    },
     Queued,
     Load(oneshot::Receiver<Result<(), InvokeError>>, MimSpec),
 }
@@ -265,7 +268,7 @@ impl Supervisor {
                     parked: Some(request),
                 };
                 self.submit(waiter, bytes, true)
-                    .map(|lone| Ticket::Http(rx, lone))
+                    .map(|lone| Ticket::Http { parts: rx, lone })
             }
             Call::Event(event) => {
                 let bytes = event_bytes(event.message.as_deref());
@@ -285,7 +288,7 @@ impl Supervisor {
         async move {
             match ticket? {
                 Ticket::Queued => Ok(Reply::Queued),
-                Ticket::Http(rx, lone) => self.first_part(rx, lone).await,
+                Ticket::Http { parts, lone } => self.first_part(parts, lone).await,
                 Ticket::Load(rx, spec) => self.loaded(rx, spec).await,
             }
         }

@@ -3,8 +3,10 @@
 //! A call that finds its worker idle is usually answered within tens of
 //! microseconds; a runtime thread that goes to sleep meanwhile pays a wake-up
 //! (25–150 µs here) to take the answer. Re-polling between yields keeps the thread
-//! checking its sockets (tokio polls the I/O driver without blocking while a
-//! yielded task waits) for a short while, then the call waits as usual.
+//! awake for a short while, then the call waits as usual. While a yielded task
+//! waits, tokio polls the I/O driver without blocking when this thread can take it;
+//! when another runtime thread is already asleep in the driver, that thread is the
+//! one woken for the answer, so the spin saves the wake-up only usually, not always.
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
@@ -42,6 +44,30 @@ mod tests {
             let _ = tx.send(7);
         });
         assert_eq!(awake(Duration::from_millis(50), rx).await, Ok(7));
+    }
+
+    /// Ready on its third poll, without ever asking to be woken.
+    struct ThirdPoll(u8);
+
+    impl Future for ThirdPoll {
+        type Output = u8;
+        fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<u8> {
+            self.0 += 1;
+            match self.0 {
+                3 => Poll::Ready(3),
+                _ => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn it_polls_again_without_being_woken() {
+        let polls = tokio::time::timeout(
+            Duration::from_secs(5),
+            awake(Duration::from_secs(1), ThirdPoll(0)),
+        )
+        .await;
+        assert_eq!(polls, Ok(3));
     }
 
     #[tokio::test]

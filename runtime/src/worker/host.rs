@@ -44,6 +44,8 @@ pub struct WorkerHost {
     committer: RefCell<Committer>,
     /// Id of the last outbound HTTP request (unique in this process, across hot swaps).
     outbound_ids: Cell<u64>,
+    /// The last turn wrote to the store (its answers wait for the committer's `fsync`).
+    stored_last_turn: Cell<bool>,
 }
 
 impl WorkerHost {
@@ -56,6 +58,7 @@ impl WorkerHost {
             link: RefCell::new(link),
             committer: RefCell::new(committer),
             outbound_ids: Cell::new(0),
+            stored_last_turn: Cell::new(false),
         }
     }
 
@@ -69,12 +72,14 @@ impl WorkerHost {
         });
     }
 
-    /// Messages from the host (see [`Link::receive`]).
+    /// Messages from the host (see [`Link::receive`]); no spinning after a turn
+    /// whose answers wait for the store's `fsync` (the next call cannot come sooner).
     pub fn receive(
         &self,
         timeout: Option<std::time::Duration>,
     ) -> Result<Vec<ToWorker>, LinkClosed> {
-        self.link.borrow_mut().receive(timeout)
+        let may_spin = !self.stored_last_turn.get();
+        self.link.borrow_mut().receive(timeout, may_spin)
     }
 
     /// Hands everything buffered to the committer, which sends it once the store
@@ -85,6 +90,7 @@ impl WorkerHost {
             Some(Ok(store)) => store.take_dirty(),
             _ => None,
         };
+        self.stored_last_turn.set(durability.is_some());
         self.committer
             .borrow()
             .submit(Turn { frames, durability })

@@ -19,10 +19,11 @@ pub struct Link {
     chunk: Box<[u8]>,
     backlog: VecDeque<ToWorker>,
     spin: Duration,
-    /// How many messages the last read brought: one means calls come one at a time
-    /// (a lone client, worth spinning for); many mean the worker is busy (its next
-    /// calls queue while it works, so spinning would only take a core from others).
-    last_read: usize,
+    /// How many messages the last [`Link::receive`] returned: one means calls come
+    /// one at a time (a lone client, worth spinning for); many mean the worker is
+    /// busy (its next calls queue while it works, so spinning would only take a core
+    /// from others).
+    last_batch: usize,
 }
 
 impl Link {
@@ -35,22 +36,35 @@ impl Link {
             chunk: vec![0; 64 * 1024].into_boxed_slice(),
             backlog: VecDeque::new(),
             spin: crate::ipc::spin_time(),
-            last_read: 0,
+            last_batch: 0,
         }
     }
 
     /// Every message available now (waiting up to `timeout`, forever when `None`);
-    /// empty when the wait ran out.
-    pub fn receive(&mut self, timeout: Option<Duration>) -> Result<Vec<ToWorker>, LinkClosed> {
-        if !self.backlog.is_empty() {
-            return Ok(self.backlog.drain(..).collect());
+    /// empty when the wait ran out. After a batch of one message, and when `may_spin`
+    /// (the last turn's answers left at once: none waits for the store's `fsync`, so
+    /// the next call can come soon), it first checks for up to the spin time without
+    /// sleeping.
+    pub fn receive(
+        &mut self,
+        timeout: Option<Duration>,
+        may_spin: bool,
+    ) -> Result<Vec<ToWorker>, LinkClosed> {
+        if self.backlog.is_empty() {
+            let spin = match may_spin && self.last_batch == 1 {
+                true => timeout.map_or(self.spin, |t| t.min(self.spin)),
+                false => Duration::ZERO,
+            };
+            let started = Instant::now();
+            let readable = self.spin_readable(spin)
+                || self.wait_readable(timeout.map(|t| t.saturating_sub(started.elapsed())));
+            if !readable {
+                self.last_batch = 0;
+                return Ok(Vec::new());
+            }
+            self.read_some()?;
         }
-        if !self.spin_readable() && !self.wait_readable(timeout) {
-            self.last_read = 0;
-            return Ok(Vec::new());
-        }
-        self.read_some()?;
-        self.last_read = self.backlog.len();
+        self.last_batch = self.backlog.len();
         Ok(self.backlog.drain(..).collect())
     }
 
@@ -82,15 +96,13 @@ impl Link {
         Ok(())
     }
 
-    /// Checks the socket for up to [`crate::ipc::spin_time`] after a turn of one
-    /// call, giving the core to any other runnable thread between checks; true as
-    /// soon as it is readable. A busy worker finds its next calls at once or took
-    /// many at its last read, and does not spin.
-    fn spin_readable(&self) -> bool {
-        if self.spin.is_zero() || self.last_read != 1 {
+    /// Checks the socket for up to `spin`, giving the core to any other runnable
+    /// thread between checks; true as soon as it is readable.
+    fn spin_readable(&self, spin: Duration) -> bool {
+        if spin.is_zero() {
             return false;
         }
-        let until = Instant::now() + self.spin;
+        let until = Instant::now() + spin;
         loop {
             if self.wait_readable(Some(Duration::ZERO)) {
                 return true;
@@ -111,5 +123,84 @@ impl Link {
         let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut fds, 1, ms) > 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::encode_into;
+    use std::io::Write;
+
+    fn pair() -> (Link, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        (Link::new(ours), theirs)
+    }
+
+    fn send(to: &mut UnixStream, pings: &[u64]) {
+        let mut out = Vec::new();
+        for &id in pings {
+            encode_into(&ToWorker::Ping { id }, &mut out);
+        }
+        to.write_all(&out).expect("write");
+    }
+
+    #[test]
+    fn only_a_batch_of_one_call_leads_to_a_spin() {
+        let (mut link, mut host) = pair();
+        send(&mut host, &[1]);
+        assert_eq!(link.receive(None, true).map(|m| m.len()).ok(), Some(1));
+        assert_eq!(link.last_batch, 1);
+        send(&mut host, &[2, 3, 4]);
+        assert_eq!(link.receive(None, true).map(|m| m.len()).ok(), Some(3));
+        assert_eq!(link.last_batch, 3, "a busy worker does not spin");
+        let none = link.receive(Some(Duration::from_millis(1)), true);
+        assert_eq!(none.map(|m| m.len()).ok(), Some(0));
+        assert_eq!(link.last_batch, 0);
+    }
+
+    #[test]
+    fn messages_left_in_the_backlog_count_as_a_batch() {
+        let (mut link, mut host) = pair();
+        send(&mut host, &[1, 2, 3]);
+        let pong = link.wait_for(|m| match m {
+            ToWorker::Ping { id: 2 } => Some(2),
+            _ => None,
+        });
+        assert_eq!(pong.ok(), Some(2));
+        assert_eq!(link.receive(None, true).map(|m| m.len()).ok(), Some(2));
+        assert_eq!(link.last_batch, 2);
+    }
+
+    #[test]
+    fn a_spin_does_not_outlast_the_timer() {
+        let (mut link, mut host) = pair();
+        link.spin = Duration::from_millis(200);
+        send(&mut host, &[1]);
+        assert!(link.receive(None, true).is_ok());
+        let started = Instant::now();
+        let none = link.receive(Some(Duration::from_millis(5)), true);
+        assert_eq!(none.map(|m| m.len()).ok(), Some(0));
+        assert!(
+            started.elapsed() < Duration::from_millis(150),
+            "waited {:?} for a 5 ms timer",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_message_that_comes_during_the_spin_is_taken() {
+        let (mut link, mut host) = pair();
+        link.spin = Duration::from_millis(500);
+        send(&mut host, &[1]);
+        assert!(link.receive(None, true).is_ok());
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2));
+            send(&mut host, &[2]);
+            host
+        });
+        let got = link.receive(Some(Duration::from_millis(400)), true);
+        assert_eq!(got.map(|m| m.len()).ok(), Some(1));
+        drop(writer.join());
     }
 }
