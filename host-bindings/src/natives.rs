@@ -28,24 +28,25 @@ pub(crate) struct Bindings {
     pub pending: RefCell<Vec<String>>,
 }
 
+/// The isolate's `Bindings`, or the error every native gives when they are missing.
+fn bindings_ref(ctx: &Context) -> JsResult<&Bindings> {
+    ctx.get_data::<Bindings>().ok_or_else(|| {
+        JsNativeError::error()
+            .with_message("mimhost bindings missing")
+            .into()
+    })
+}
+
 /// Clones the `Bindings` out of the context so natives can use the context freely.
 pub(crate) fn bindings(ctx: &Context) -> JsResult<(Rc<dyn HostApi>, PathBuf)> {
-    let b = ctx
-        .get_data::<Bindings>()
-        .ok_or_else(|| JsNativeError::error().with_message("mimhost bindings missing"))?;
+    let b = bindings_ref(ctx)?;
     Ok((b.host.clone(), b.root.clone()))
 }
 
 /// Just the host behind this isolate (no copy of the root path: the per-request natives
 /// need nothing else).
 pub(crate) fn host(ctx: &Context) -> JsResult<Rc<dyn HostApi>> {
-    ctx.get_data::<Bindings>()
-        .map(|b| b.host.clone())
-        .ok_or_else(|| {
-            JsNativeError::error()
-                .with_message("mimhost bindings missing")
-                .into()
-        })
+    bindings_ref(ctx).map(|b| b.host.clone())
 }
 
 /// A JS string as a Rust string: a plain copy when it is valid UTF-16 (the usual case),
@@ -64,7 +65,7 @@ pub(crate) fn value_string(value: &JsValue, ctx: &mut Context) -> JsResult<Strin
 }
 
 /// Argument `i` as a Rust string (undefined becomes `"undefined"`, as `String(x)` does).
-fn arg_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<String> {
+pub(crate) fn arg_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<String> {
     value_string(args.get_or_undefined(i), ctx)
 }
 
@@ -114,9 +115,7 @@ fn now(_: &JsValue, _: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
 /// Called before an answer leaves and at the end of every handler, so dispatches keep
 /// their order against the answers around them.
 pub(crate) fn flush_dispatches(ctx: &mut Context) -> JsResult<()> {
-    let b = ctx
-        .get_data::<Bindings>()
-        .ok_or_else(|| JsNativeError::error().with_message("mimhost bindings missing"))?;
+    let b = bindings_ref(ctx)?;
     let batch = std::mem::take(&mut *b.pending.borrow_mut());
     if !batch.is_empty() {
         b.host.dispatch(batch);
@@ -126,10 +125,7 @@ pub(crate) fn flush_dispatches(ctx: &mut Context) -> JsResult<()> {
 
 fn queue_dispatch(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
     let frame = arg_string(args, 0, ctx)?;
-    let b = ctx
-        .get_data::<Bindings>()
-        .ok_or_else(|| JsNativeError::error().with_message("mimhost bindings missing"))?;
-    b.pending.borrow_mut().push(frame);
+    bindings_ref(ctx)?.pending.borrow_mut().push(frame);
     Ok(JsValue::undefined())
 }
 

@@ -3,26 +3,19 @@
 //! or a client.
 
 use crate::modules::{looks_like_es_module, read_mim_file, MimModuleLoader};
-use crate::natives::bindings;
+use crate::natives::{arg_string, bindings, host};
 use crate::net::{resolve_handler, ClientAnswer, ClientCall, ClientData, ClientOp};
 use boa_engine::builtins::promise::PromiseState;
 use boa_engine::object::builtins::JsArray;
 use boa_engine::object::ObjectInitializer;
 use boa_engine::{
-    js_string, Context, JsArgs, JsError, JsNativeError, JsResult, JsString, JsValue, NativeFunction,
+    js_string, Context, JsError, JsNativeError, JsResult, JsString, JsValue, NativeFunction,
 };
 use std::rc::Rc;
 
 /// The isolate's ES module loader, kept in the context so a handler module that is
 /// an ES module loads through the same cache as the mim's own imports.
 pub(crate) struct HandlerLoader(pub Rc<MimModuleLoader>);
-
-fn text_arg(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<String> {
-    Ok(args
-        .get_or_undefined(i)
-        .to_string(ctx)?
-        .to_std_string_escaped())
-}
 
 fn client_object(client: &ClientData, ctx: &mut Context) -> JsValue {
     let mut init = ObjectInitializer::new(ctx);
@@ -50,7 +43,7 @@ fn client_object(client: &ClientData, ctx: &mut Context) -> JsValue {
 /// the code being loaded is known, also during a hot swap).
 fn ws_client_call(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
     let (host, root) = bindings(ctx)?;
-    let call: ClientCall = serde_json::from_str(&text_arg(args, 0, ctx)?)
+    let call: ClientCall = serde_json::from_str(&arg_string(args, 0, ctx)?)
         .map_err(|e| JsNativeError::typ().with_message(format!("bad sdk/net call: {e}")))?;
     if let ClientCall::Create { handler, .. } = &call {
         resolve_handler(&root, handler).map_err(|e| {
@@ -70,8 +63,8 @@ fn ws_client_call(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<
 
 /// `__host.wsClientOp(json)`: a one-way send or close.
 fn ws_client_op(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
-    let (host, _) = bindings(ctx)?;
-    let op: ClientOp = serde_json::from_str(&text_arg(args, 0, ctx)?)
+    let host = host(ctx)?;
+    let op: ClientOp = serde_json::from_str(&arg_string(args, 0, ctx)?)
         .map_err(|e| JsNativeError::typ().with_message(format!("bad sdk/net operation: {e}")))?;
     host.ws_client_op(op);
     Ok(JsValue::undefined())
@@ -81,7 +74,7 @@ fn ws_client_op(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<Js
 /// evaluated once), or the path of a CommonJS one for the prelude to `require`.
 fn handler_module(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
     let (_, root) = bindings(ctx)?;
-    let handler = text_arg(args, 0, ctx)?;
+    let handler = arg_string(args, 0, ctx)?;
     let path = resolve_handler(&root, &handler)
         .map_err(|e| JsError::from(JsNativeError::error().with_message(e)))?;
     let text = read_mim_file(&root, &path)?;

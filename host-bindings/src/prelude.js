@@ -342,8 +342,8 @@
     if (this.getHeader('content-type') === undefined) this.setHeader('content-type', 'application/json');
     this.end(JSON.stringify(value));
   });
-  // `host.responseState`: what the response has sent so far.
-  var FRESH = 0, STREAMING = 1, ENDED = 2;
+  // `host.responseState`: what the response has sent so far (0: nothing yet).
+  var STREAMING = 1, ENDED = 2;
   /** Answers 500 for a handler that threw or whose promise rejected (ends a streamed answer). */
   function failResponse(res, e) {
     reportError(mim.name + ' handler', e);
@@ -858,7 +858,6 @@
     runTimers: runTimers,
     makeRequire: makeRequire,
     builtins: builtins,
-    flushDispatches: flushDispatches,
     outboundHttp: outboundHttp
   };
 });

@@ -12,7 +12,7 @@
 //! the internal natives [`state`], [`reset`] and [`accept`] through `__host`.
 
 use crate::host_api::HostApi;
-use crate::natives::{flush_dispatches, host as host_of, value_string};
+use crate::natives::{flush_dispatches, host as host_of, string_list, value_string};
 use boa_engine::object::builtins::JsArray;
 use boa_engine::object::ObjectInitializer;
 use boa_engine::property::Attribute;
@@ -148,18 +148,15 @@ fn status_code(object: &JsObject, ctx: &mut Context) -> JsResult<u16> {
 fn header_pairs(object: &JsObject, ctx: &mut Context) -> JsResult<Vec<(String, String)>> {
     let headers = data(object).headers.clone();
     let mut out = Vec::with_capacity(headers.len());
-    let text = value_string;
     for (name, value) in headers {
         match value.as_object() {
             Some(array) if array.is_array() => {
-                let array = JsArray::from_object(array)?;
-                for i in 0..array.length(ctx)? {
-                    let element = array.get(i, ctx)?;
-                    out.push((name.clone(), text(&element, ctx)?));
+                for element in string_list(&value, ctx)? {
+                    out.push((name.clone(), element));
                 }
             }
             _ if value.is_null_or_undefined() => {}
-            _ => out.push((name, text(&value, ctx)?)),
+            _ => out.push((name, value_string(&value, ctx)?)),
         }
     }
     Ok(out)
@@ -187,22 +184,39 @@ fn sniff(body: &[u8], bytes: bool) -> &'static str {
     }
 }
 
-/// Sends status and headers of a streamed answer (the first `write`).
-fn start(object: &JsObject, host: &Rc<dyn HostApi>, ctx: &mut Context) -> JsResult<()> {
+/// What the host needs to send an answer's head: id, status and header pairs.
+type Head = (u64, u16, Vec<(String, String)>);
+
+/// Marks the answer at `stage`, gives it `default_type` unless it has a content type,
+/// flushes the queued dispatches (they leave before the answer) and returns its
+/// [`Head`].
+fn head(
+    object: &JsObject,
+    stage: Stage,
+    default_type: Option<&str>,
+    ctx: &mut Context,
+) -> JsResult<Head> {
     let id = {
         let mut d = data(object);
-        d.stage = Stage::Started;
-        if !d.has_content_type() {
-            d.set(
-                "content-type".into(),
-                js_string!("text/plain; charset=utf-8").into(),
-            );
+        d.stage = stage;
+        if let Some(content_type) = default_type.filter(|_| !d.has_content_type()) {
+            d.set("content-type".into(), JsString::from(content_type).into());
         }
         d.id
     };
     flush_dispatches(ctx)?;
     let status = status_code(object, ctx)?;
-    let headers = header_pairs(object, ctx)?;
+    Ok((id, status, header_pairs(object, ctx)?))
+}
+
+/// Sends status and headers of a streamed answer (the first `write`).
+fn start(object: &JsObject, host: &Rc<dyn HostApi>, ctx: &mut Context) -> JsResult<()> {
+    let (id, status, headers) = head(
+        object,
+        Stage::Started,
+        Some("text/plain; charset=utf-8"),
+        ctx,
+    )?;
     host.http_start(id, status, headers);
     Ok(())
 }
@@ -261,19 +275,8 @@ fn finish(object: &JsObject, value: &JsValue, ctx: &mut Context) -> JsResult<()>
         Stage::Fresh => {
             data(object).stage = Stage::Done;
             let (bytes, is_bytes) = body(value, ctx)?;
-            let id = {
-                let mut d = data(object);
-                if !d.has_content_type() && !bytes.is_empty() {
-                    d.set(
-                        "content-type".into(),
-                        JsString::from(sniff(&bytes, is_bytes)).into(),
-                    );
-                }
-                d.id
-            };
-            flush_dispatches(ctx)?;
-            let status = status_code(object, ctx)?;
-            let headers = header_pairs(object, ctx)?;
+            let sniffed = (!bytes.is_empty()).then(|| sniff(&bytes, is_bytes));
+            let (id, status, headers) = head(object, Stage::Done, sniffed, ctx)?;
             host.http_full(id, status, headers, bytes);
             Ok(())
         }

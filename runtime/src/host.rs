@@ -82,14 +82,14 @@ pub async fn run(config: Config) -> Result<(), HostError> {
         Some(c) => Arc::new(crate::cluster::backplane::ClusterBackplane(c.clone())),
         None => local_backplane.clone(),
     };
-    let hub = Arc::new(Hub::new(&node.node_id, backplane));
-    hub.start_pinger(config.ping_interval);
-    hub.set_windows(crate::hub::WindowSettings {
+    let windows = crate::hub::WindowSettings {
         start: config.ws_coalesce,
         frames: config.ws_coalesce_frames,
         per_session: config.ws_coalesce_per_session,
         spread: std::env::var("MIMHOST_WS_SPREAD").map_or(true, |v| v != "0"),
-    });
+    };
+    let hub = Arc::new(Hub::new(&node.node_id, backplane, windows));
+    hub.start_pinger(config.ping_interval);
     let registry = Arc::new(Registry::new(config.data.clone(), limits, hub.clone()));
     let (stop, shutdown) = crate::shutdown::signal();
     let seen = mims_dir::load_all(&registry, &config.mims, &node).await;

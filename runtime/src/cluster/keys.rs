@@ -1,5 +1,6 @@
 //! Every Redis key and channel the cluster uses, in one place, so docs/cluster.md and
-//! the code cannot drift apart. mimhost's own names start with `mimhost:`; Mesa's
+//! the code cannot drift apart (the shared store's keys, `mimhost:store:{NAME}:…`,
+//! are `StoreKeys` in `store/redis_store.rs`, next to the scripts that use them). mimhost's own names start with `mimhost:`; Mesa's
 //! (`ws`, `connected_clients`, `undelivered_messages`) are spelled exactly as
 //! `@cryb/mesa` 1.5.8 spells them.
 

@@ -256,17 +256,6 @@ pub struct WindowSettings {
     pub spread: bool,
 }
 
-impl Default for WindowSettings {
-    fn default() -> Self {
-        Self {
-            start: crate::config::DEFAULT_WS_COALESCE,
-            frames: crate::config::DEFAULT_WS_COALESCE_FRAMES,
-            per_session: crate::config::DEFAULT_WS_COALESCE_PER_SESSION,
-            spread: true,
-        }
-    }
-}
-
 /// What a session's window may be now (see [`Hub::window`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Window {
@@ -297,14 +286,14 @@ pub struct Hub {
     /// their [`WorkerEvents`]), the MCM API and the console read them here.
     pub logs: Arc<crate::logs::LogBook>,
     /// How sessions let a burst's frames gather between writes (see [`Hub::window`]).
-    windows: RwLock<WindowSettings>,
+    windows: WindowSettings,
     /// Recipients of the latest broadcast (dispatch, `sendToAll`, `sendToGroup`).
     fanout: AtomicU64,
 }
 
 impl Hub {
-    /// An empty hub for node `node_id`.
-    pub fn new(node_id: &str, backplane: Arc<dyn Backplane>) -> Self {
+    /// An empty hub for node `node_id`, whose sessions pace their writes by `windows`.
+    pub fn new(node_id: &str, backplane: Arc<dyn Backplane>, windows: WindowSettings) -> Self {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -317,15 +306,9 @@ impl Hub {
             stats: RwLock::default(),
             emptied: tokio::sync::Notify::new(),
             logs: Arc::default(),
-            windows: RwLock::new(WindowSettings::default()),
+            windows,
             fanout: AtomicU64::new(0),
         }
-    }
-
-    /// Sets how sessions let a burst's frames gather between writes
-    /// (`--ws-coalesce`, `--ws-coalesce-frames`, `--ws-coalesce-per-session`).
-    pub fn set_windows(&self, settings: WindowSettings) {
-        *self.windows.write().unwrap_or_else(|p| p.into_inner()) = settings;
     }
 
     /// The window a session lets frames gather in after a write, so a burst's frames
@@ -336,7 +319,7 @@ impl Hub {
     /// N × 7 µs of CPU and a frame waits about that long anyway when the host is
     /// short of it.
     pub fn window(&self) -> Window {
-        let set = *self.windows.read().unwrap_or_else(|p| p.into_inner());
+        let set = self.windows;
         let fanout = u32::try_from(self.fanout.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
         let scaled = set.per_session.saturating_mul(fanout).min(MAX_WINDOW);
         Window {

@@ -328,10 +328,11 @@ impl Supervisor {
         mut rx: mpsc::UnboundedReceiver<Part>,
         lone: bool,
     ) -> Result<Reply, InvokeError> {
-        let first = match lone {
-            true => spin::awake(crate::ipc::spin_time(), rx.recv()).await,
-            false => rx.recv().await,
+        let spin = match lone {
+            true => crate::ipc::spin_time(),
+            false => std::time::Duration::ZERO,
         };
+        let first = spin::awake(spin, rx.recv()).await;
         match first {
             Some(Part::Full {
                 status,

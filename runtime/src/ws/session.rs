@@ -248,7 +248,8 @@ impl Session {
                     // meanwhile gather (without each waking the task) and write them
                     // in one go. In a burst this turns one `write` per frame (~7 µs of
                     // CPU each on loopback) into one per window; the window follows
-                    // the rate frames come at (`Pace`), at most `--ws-coalesce`; the
+                    // the rate frames come at (`Pace`), at most `--ws-coalesce` unless
+                    // `--ws-coalesce-per-session` lets it grow for a large broadcast; the
                     // first frame after a quiet spell still leaves at once.
                     // A message from the peer ends the window early, so a client
                     // answering each reply (an echo loop) is not slowed by it.
