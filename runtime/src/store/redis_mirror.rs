@@ -47,7 +47,9 @@ struct Item {
 }
 
 /// The copy's contents; `version` is `None` when it is not known to match any
-/// version of the store (never read, too big, or a write it could not follow).
+/// version of the store (never read, or a write it could not follow). A store found
+/// too big keeps its version with no copy (`filled` false), so it is read again only
+/// once it changed.
 #[derive(Debug, Default)]
 struct State {
     version: Option<i64>,
@@ -55,6 +57,8 @@ struct State {
     order: BTreeMap<i64, String>,
     /// Whether the copy was ever filled; reads need it.
     filled: bool,
+    /// The store was over [`MAX_BYTES`] when last read (said once in the log).
+    too_big: bool,
 }
 
 impl State {
@@ -138,6 +142,11 @@ impl Mirror {
             state.version = None;
             return;
         }
+        if !state.filled {
+            // Too big to copy: only follow the version.
+            state.version = Some(version);
+            return;
+        }
         match write {
             Write::Set {
                 key,
@@ -173,7 +182,8 @@ impl Mirror {
     }
 
     /// Replaces the copy with a dump read by [`DUMP`]; a dump over [`MAX_BYTES`]
-    /// empties it (reads then throw while Redis is away).
+    /// empties it (reads then throw while Redis is away) and keeps its version, so
+    /// the refresher reads it again only when it changed.
     fn replace(&self, flat: Vec<String>) {
         let mut it = flat.into_iter();
         let version = it.next().and_then(|v| v.parse::<i64>().ok());
@@ -188,11 +198,18 @@ impl Mirror {
         {
             bytes += key.len() + value.len();
             if bytes > MAX_BYTES {
-                tracing::warn!(
-                    "storage: the store is over {} MiB; this node keeps no copy, so its reads fail while Redis is away",
-                    MAX_BYTES >> 20
-                );
-                *self.lock() = State::default();
+                let mut state = self.lock();
+                if !state.too_big {
+                    tracing::warn!(
+                        "storage: the store is over {} MiB; this node keeps no copy, so its reads fail while Redis is away",
+                        MAX_BYTES >> 20
+                    );
+                }
+                *state = State {
+                    version,
+                    too_big: true,
+                    ..State::default()
+                };
                 return;
             }
             let seq = seq.parse::<f64>().map(|s| s as i64).unwrap_or(0);
@@ -281,6 +298,30 @@ mod tests {
             "0".into(),
         ]);
         m
+    }
+
+    #[test]
+    fn a_store_too_big_is_not_copied_and_not_read_again_until_it_changes() {
+        let m = filled(7);
+        let big = "x".repeat(MAX_BYTES / 2 + 1);
+        m.replace(vec![
+            "9".into(),
+            "a".into(),
+            "1".into(),
+            big.clone(),
+            "0".into(),
+            "b".into(),
+            "2".into(),
+            big,
+            "0".into(),
+        ]);
+        assert_eq!(m.get("a"), None, "no copy: reads fail while Redis is away");
+        assert_eq!(m.version(), Some(9), "the refresher skips version 9");
+        m.applied(10, Write::Remove { key: "a" });
+        assert_eq!(m.version(), Some(10), "own writes keep it in step");
+        assert_eq!(m.items(None), None);
+        m.applied(12, Write::Remove { key: "b" });
+        assert_eq!(m.version(), None, "another node wrote: read it again");
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! whole.
 
 use super::room::Room;
-use super::wal::{self, Op, Wal, WalError};
+use super::wal::{self, Op, Wal};
 use mimhost_bindings::{Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
@@ -295,7 +295,7 @@ fn recover(dir: &Path) -> Result<(Trees, Wal, u64), StorageError> {
     let trees = Trees::open(dir)?;
     let path = dir.join(wal::FILE_NAME);
     let (mut log, contents) = Wal::open(&path).map_err(err)?;
-    let ops = contents.ops(&path).map_err(|e: WalError| err(e))?;
+    let ops = contents.ops(&path).map_err(err)?;
     let max_seq = trees.replay(&ops)?;
     if !log.is_empty() && trees.db.flush().is_ok() {
         let _ = log.reset();
@@ -360,16 +360,13 @@ impl SledStore {
         op.encode_into(&mut pending);
     }
 
-    /// Runs `f` on the open trees. A write of `Some(bytes)` first checks there is
-    /// room for it and reopens a store that failed.
+    /// Runs `f` on the open trees. A write (`Some(bytes)`) first reopens a store
+    /// that failed.
     fn with<R>(
         &self,
         write: Option<usize>,
         f: impl FnOnce(&Trees) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
-        if let Some(bytes) = write {
-            self.room.check(&self.dir, bytes)?;
-        }
         if (write.is_some() && self.shared.failed.load(Ordering::SeqCst))
             || self.open.borrow().is_none()
         {
@@ -409,6 +406,11 @@ impl SledStore {
         room: Option<usize>,
         f: impl FnOnce(&Trees) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
+        // A write refused for want of room is not a failure of the store: it must
+        // not make the next write reopen it (which would fail the turn's earlier writes).
+        if let Some(bytes) = room {
+            self.room.check(&self.dir, bytes)?;
+        }
         self.with(room, f)
             .inspect_err(|_| self.shared.failed.store(true, Ordering::SeqCst))
     }
